@@ -1,0 +1,205 @@
+"""The ``recipe`` command line. Imports nothing heavy: torch loads only inside ``recipe run``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .problems import Problem, RecipeError, StageError, UserError
+
+EXIT_PROBLEMS = 2
+EXIT_FAILED = 1
+
+
+def _pm():
+    from .plugins import PluginLoadError, get_plugin_manager
+
+    try:
+        return get_plugin_manager()
+    except PluginLoadError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+def _print_problems(problems: list[Problem]) -> None:
+    errors = [p for p in problems if p.severity == "error"]
+    for p in problems:
+        click.echo(p.render(), err=True)
+    if errors:
+        click.echo(f"{len(errors)} error{'s' if len(errors) != 1 else ''} in the recipe", err=True)
+
+
+def load_or_exit(recipe_path: str, overrides: tuple[str, ...], pm=None):
+    """Load a recipe, or print every problem and exit with status 2."""
+    from .recipe import load_recipe
+
+    try:
+        recipe = load_recipe(recipe_path, list(overrides), pm=pm or _pm())
+    except RecipeError as exc:
+        _print_problems(exc.problems)
+        sys.exit(EXIT_PROBLEMS)
+    for w in recipe.warnings:
+        click.echo(w.render(), err=True)
+    return recipe
+
+
+def plan_lines(recipe) -> list[str]:
+    lines = [f"recipe {recipe.name} (seed {recipe.seed})"]
+    for section in recipe.sections():
+        opts = section.options.model_dump(mode="json", exclude_defaults=True)
+        shown = ", ".join(f"{k}={v}" for k, v in opts.items())
+        lines.append(f"  {section.path:<22} {section.use:<12} {shown}")
+        lines += [f"  {'':<22} - {line}" for line in section.component.describe_plan(recipe)]
+    if recipe.format is not None:
+        fmt = recipe.format
+        lines.append(f"  {'format.dataset':<22} {fmt.dataset} (split {fmt.split}"
+                     + (f", limit {fmt.limit}" if fmt.limit else "") + f", loss on {fmt.train_on} tokens)")
+    return lines
+
+
+class RecipeGroup(click.Group):
+    """Adds commands from plugins (``register_commands``) when the group is built."""
+
+
+@click.group(cls=RecipeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="recipetune")
+def cli() -> None:
+    """recipetune: fine-tune LLMs from a TOML recipe.
+
+    \b
+      recipe validate recipes/quickstart.toml     check a recipe (no GPU, no model loaded)
+      recipe run recipes/quickstart.toml          run it: load, adapt, format, train, report, export
+      recipe run recipes/quickstart.toml train.max_steps=10   override any key
+    """
+
+
+@cli.command()
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved recipe as JSON.")
+def validate(recipe_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Check RECIPE against the installed plugins and print the plan. Loads no model.
+
+    OVERRIDES are KEY=VALUE pairs such as train.max_steps=10.
+    """
+    recipe = load_or_exit(recipe_path, overrides)
+    if as_json:
+        click.echo(json.dumps(recipe.resolved(), indent=2))
+        return
+    for line in plan_lines(recipe):
+        click.echo(line)
+    click.echo(f"{recipe_path}: ok")
+
+
+@cli.command()
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--output-dir", type=click.Path(file_okay=False), help="Run folder (default: runs/<name>/<timestamp>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its last checkpoint.")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks.")
+def run(recipe_path: str, overrides: tuple[str, ...], output_dir: str | None, resume: bool, debug: bool) -> None:
+    """Run RECIPE: load, adapt, format, train, report, export.
+
+    OVERRIDES are KEY=VALUE pairs such as train.max_steps=10 or load.load_in_4bit=false.
+    """
+    import logging
+
+    pm = _pm()
+    recipe = load_or_exit(recipe_path, overrides, pm)
+    problems = [p for s in recipe.sections() for p in (s.component.preflight(recipe) or ())]
+    for p in problems:
+        p.file = p.file or recipe_path
+    if any(p.severity == "error" for p in problems):
+        _print_problems(problems)
+        sys.exit(EXIT_PROBLEMS)
+    if resume and not output_dir and recipe.header.output_dir is None:
+        click.echo("error: --resume needs --output-dir (or output_dir in the recipe): the run folder to continue", err=True)
+        sys.exit(EXIT_PROBLEMS)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    from .runner import execute, prepare_run
+
+    run_ = prepare_run(recipe, pm, Path(output_dir) if output_dir else None, resume=resume)
+    click.echo(f"run folder: {run_.output_dir}", err=True)
+    for line in plan_lines(recipe):
+        click.echo(line, err=True)
+    try:
+        execute(run_)
+    except StageError as exc:
+        _write_traceback(run_, exc)
+        if debug:
+            raise
+        cause = exc.cause
+        if isinstance(cause, UserError):
+            click.echo(f"error: {exc.stage} ({exc.component}): {cause}", err=True)
+        else:
+            click.echo(f"error: {exc}", err=True)
+        click.echo(f"(traceback in {run_.output_dir / 'run.log'}; rerun with --debug to show it)", err=True)
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; resume with: recipe run {recipe_path} --resume --output-dir {run_.output_dir}", err=True)
+        sys.exit(130)
+    click.echo(f"report: {run_.output_dir / 'report.md'}")
+    for a in run_.artifacts:
+        click.echo(f"{a.kind}: {a.path}")
+
+
+def _write_traceback(run_, exc: BaseException) -> None:
+    with (run_.output_dir / "run.log").open("a", encoding="utf-8") as fh:
+        fh.write("".join(traceback.format_exception(exc)))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List installed plugins, their versions, hooks and the components they register."""
+    pm = _pm()
+    registry = pm.registry
+    rows = []
+    for name, info in pm.info.items():
+        components: dict[str, list[str]] = {}
+        for entry in registry.entries():
+            if entry.plugin == name:
+                components.setdefault(entry.kind, []).append(entry.name)
+        rows.append({"name": name, "distribution": info.distribution, "version": info.version,
+                     "module": info.module, "hooks": pm.hooks_of(name), "components": components})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['name']} ({row['distribution'] or '?'} {row['version'] or ''})".rstrip())
+        for kind, names in sorted(row["components"].items()):
+            click.echo(f"    {kind}: {', '.join(sorted(names))}")
+        click.echo(f"    hooks: {', '.join(row['hooks'])}")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON schema of recipes for the installed plugins."""
+    from .recipe.schema import recipe_schema
+
+    click.echo(json.dumps(recipe_schema(_pm().registry), indent=2))
+
+
+_commands_added = False
+
+
+def build_cli() -> click.Group:
+    """The root group with plugin commands added (``register_commands``)."""
+    global _commands_added
+    if not _commands_added:
+        _commands_added = True
+        _pm().hook.register_commands(cli=cli)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        build_cli().main(args=argv, prog_name="recipe")
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_PROBLEMS)

@@ -1,0 +1,224 @@
+"""Read a TOML recipe, apply overrides, validate every section, and locate every problem."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from ..components import KIND_LABELS
+from ..problems import Problem, RecipeError
+from .model import FormatTable, Recipe, RecipeHeader, Section
+from .overrides import Override, apply_overrides, parse_overrides
+from .positions import PathKey, dotted, index_positions, locate
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..plugins import PluginManager
+
+STAGE_TABLES: dict[str, str] = {"load": "backend", "adapt": "adapter", "train": "trainer"}
+STAGE_ARRAYS: dict[str, str] = {"report": "reporter", "export": "exporter"}
+FORMAT_COMPONENTS: dict[str, str] = {"standardizer": "dataset_format", "chat_template": "chat_template"}
+REQUIRED = ("load", "format", "train")
+
+
+class _Collector:
+    """Collects problems with their key paths; locates them at the end."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[PathKey, Problem]] = []
+
+    def add(self, path: PathKey, message: str, severity: str = "error") -> None:
+        self.items.append((tuple(path), Problem(dotted(path), message, severity)))  # type: ignore[arg-type]
+
+    def from_validation(self, base: PathKey, exc: ValidationError, model: type[BaseModel], label: str) -> None:
+        for err in exc.errors(include_url=False):
+            loc = base + tuple(err["loc"])
+            kind = err["type"]
+            if kind == "extra_forbidden":
+                key = str(err["loc"][-1]) if err["loc"] else ""
+                known = _fields_at(model, err["loc"][:-1])
+                msg = f"unknown key for {label}"
+                close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                if close:
+                    msg += f'; did you mean "{close[0]}"?'
+                elif known:
+                    msg += f"; valid keys: {', '.join(known)}"
+            elif kind == "missing":
+                msg = f"missing required key for {label}"
+            else:
+                msg = f"{err['msg']} (got {err.get('input')!r})"
+            self.add(loc, msg)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return sorted(k for k in model.model_fields if k != "use")
+
+
+def _validate_section(pm: "PluginManager", kind: str, path: PathKey, raw: Any, ctx: dict, out: _Collector) -> Section | None:
+    registry = pm.registry
+    label = KIND_LABELS[kind]
+    if isinstance(raw, str):
+        raw = {"use": raw}
+    if not isinstance(raw, dict):
+        out.add(path, f"expected a table with use = \"...\" (a {label}), got {type(raw).__name__}")
+        return None
+    use = raw.get("use")
+    if use is None:
+        out.add(path + ("use",), f"missing 'use': name a {label}; installed: {', '.join(registry.names(kind)) or '(none)'}")
+        return None
+    entry = registry.get(kind, use) if isinstance(use, str) else None
+    if entry is None:
+        out.add(path + ("use",), registry.unknown_message(kind, use))
+        return None
+    options_model = entry.cls.Options
+    rest = {k: v for k, v in raw.items() if k != "use"}
+    try:
+        options = options_model.model_validate(rest, context=ctx)
+    except ValidationError as exc:
+        out.from_validation(path, exc, options_model, f'{label} "{use}"')
+        return None
+    return Section(kind, dotted(path), use, options, entry)
+
+
+def parse_toml(text: str, file: str) -> tuple[dict[str, Any] | None, list[Problem]]:
+    try:
+        return tomllib.loads(text), []
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+        line, col = (int(m.group(1)), int(m.group(2))) if m else (None, None)
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg)
+        return None, [Problem("", f"TOML syntax error: {msg}", file=file, line=line, column=col)]
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), pm: "PluginManager | None" = None) -> Recipe:
+    """Load and validate a recipe file; raise :class:`RecipeError` listing every problem."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError([Problem("", f"cannot read the recipe: {exc.strerror or exc}", file=file)]) from None
+    return load_recipe_text(text, file=file, recipe_dir=path.resolve().parent, overrides=list(overrides), pm=pm, source=path)
+
+
+def load_recipe_text(
+    text: str,
+    file: str = "<recipe>",
+    recipe_dir: Path | None = None,
+    overrides: list[str] = (),
+    pm: "PluginManager | None" = None,
+    source: Path | None = None,
+) -> Recipe:
+    """Validate recipe text (see :func:`load_recipe`)."""
+    if pm is None:
+        from ..plugins import get_plugin_manager
+
+        pm = get_plugin_manager()
+    data, problems = parse_toml(text, file)
+    if data is None:
+        raise RecipeError(problems)
+    parsed, override_problems = parse_overrides(list(overrides))
+    override_problems += apply_overrides(data, parsed)
+    if override_problems:
+        raise RecipeError(override_problems)
+
+    ctx = {"recipe_dir": str(recipe_dir or Path.cwd())}
+    out = _Collector()
+    registry = pm.registry
+
+    header_raw = {k: v for k, v in data.items() if k not in (*STAGE_TABLES, *STAGE_ARRAYS, "format")}
+    header = None
+    try:
+        header = RecipeHeader.model_validate(header_raw, context=ctx)
+    except ValidationError as exc:
+        out.from_validation((), exc, RecipeHeader, "a recipe (top level)")
+    for key in REQUIRED:
+        if key not in data:
+            out.add((key,), f"missing [{key}] table")
+
+    sections: dict[str, Section | None] = {}
+    for key, kind in STAGE_TABLES.items():
+        sections[key] = _validate_section(pm, kind, (key,), data[key], ctx, out) if key in data else None
+
+    lists: dict[str, list[Section]] = {}
+    for key, kind in STAGE_ARRAYS.items():
+        raw = data.get(key, [])
+        if isinstance(raw, dict):
+            out.add((key,), f"write [[{key}]] (an array of tables), not [{key}]")
+            raw = []
+        items = [_validate_section(pm, kind, (key, i), item, ctx, out) for i, item in enumerate(raw)]
+        lists[key] = [s for s in items if s is not None]
+
+    fmt, fmt_sections = None, {"standardizer": None, "chat_template": None}
+    if isinstance(data.get("format"), dict):
+        raw_fmt = data["format"]
+        try:
+            fmt = FormatTable.model_validate(raw_fmt, context=ctx)
+        except ValidationError as exc:
+            out.from_validation(("format",), exc, FormatTable, "[format]")
+        for key, kind in FORMAT_COMPONENTS.items():
+            value = raw_fmt.get(key, FormatTable.model_fields[key].default)
+            fmt_sections[key] = _validate_section(pm, kind, ("format", key), value, ctx, out)
+    elif "format" in data:
+        out.add(("format",), "expected a [format] table")
+
+    recipe = None
+    if header is not None and sections.get("load") is not None and not any(p.severity == "error" for _, p in out.items):
+        recipe = Recipe(
+            header=header, load=sections["load"], adapt=sections["adapt"], format=fmt,
+            standardizer=fmt_sections["standardizer"], chat_template=fmt_sections["chat_template"],
+            train=sections["train"], report=lists["report"], export=lists["export"],
+            source=source, text=text, overrides=list(overrides),
+        )
+        for problem in _cross_checks(pm, recipe):
+            out.items.append((_path_of(problem.path), problem))
+
+    positions = index_positions(text)
+    located = [_locate(p, path, positions, file, parsed) for path, p in out.items]
+    errors = [p for p in located if p.severity == "error"]
+    if errors or recipe is None:
+        raise RecipeError(located)
+    recipe.warnings = located
+    return recipe
+
+
+def _cross_checks(pm: "PluginManager", recipe: Recipe) -> list[Problem]:
+    problems: list[Problem] = []
+    for result in pm.hook.validate_recipe(recipe=recipe, registry=pm.registry):
+        problems.extend(result or [])
+    for section in recipe.sections():
+        for problem in section.component.check(recipe) or ():
+            problems.append(problem)
+    return problems
+
+
+def _path_of(text: str) -> PathKey:
+    parts: list[str | int] = []
+    for m in re.finditer(r"([^.\[\]]+)|\[(\d+)\]", text):
+        parts.append(int(m.group(2)) if m.group(2) is not None else m.group(1))
+    return tuple(parts)
+
+
+def _locate(problem: Problem, path: PathKey, positions: dict, file: str, overrides: list[Override]) -> Problem:
+    for ov in reversed(overrides):
+        if path[: len(ov.path)] == ov.path and problem.override is None:
+            problem.override = ov.text
+            return problem
+    problem.file = problem.file or file
+    if problem.line is None:
+        where = locate(positions, path)
+        if where:
+            problem.line, problem.column = where
+    return problem

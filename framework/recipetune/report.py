@@ -1,0 +1,85 @@
+"""The report stage: ``report.md`` with the run's summary, loss curve and every reporter's block."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import atomic
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .components import TrainResult
+    from .run import Run
+
+
+def plot_loss(metrics: list[dict], path: Path) -> Path | None:
+    """Training (and evaluation) loss against step, as a PNG. None when nothing was logged."""
+    train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
+    evals = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="#1f77b4")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss", color="#d62728")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_report(run: "Run", result: "TrainResult | None") -> Path:
+    recipe = run.recipe
+    lines = [f"# Run report: {recipe.name}", ""]
+    if recipe.header.description:
+        lines += [recipe.header.description, ""]
+    lines += ["| | |", "|---|---|",
+              f"| model | `{recipe.load.options.model_dump().get('model', '?')}` via `{recipe.load.use}` |",
+              f"| adapter | {recipe.adapt.use if recipe.adapt else 'none (full fine-tuning)'} |"]
+    if recipe.format is not None:
+        lines.append(f"| data | `{Path(recipe.format.dataset).name}` ({recipe.standardizer.use}, template {recipe.chat_template.use}) |")
+    lines.append(f"| seed | {recipe.seed} |")
+    if result is not None:
+        lines.append(f"| steps | {result.steps} |")
+        if result.train_loss is not None:
+            lines.append(f"| mean train loss | {result.train_loss:.4f} |")
+        lines.append(f"| train runtime | {result.runtime_s:.1f} s |")
+    for stage, seconds in run.timings.items():
+        lines.append(f"| stage {stage} | {seconds:.1f} s |")
+    lines.append("")
+    stats = run.state.get("format_stats")
+    if stats:
+        lines += ["## Data", "", " · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in stats.items()), ""]
+    metrics = run.read_metrics()
+    losses = [m for m in metrics if "loss" in m]
+    if losses:
+        png = plot_loss(metrics, run.output_dir / "loss.png")
+        first, last = losses[0]["loss"], losses[-1]["loss"]
+        lines += ["## Loss", "", f"First logged loss {first:.4f} (step {losses[0]['step']}), "
+                  f"last {last:.4f} (step {losses[-1]['step']}).", ""]
+        if png:
+            lines += [f"![loss curve]({png.name})", ""]
+    for section in recipe.report:
+        block = section.component.render(run)
+        if block is not None:
+            lines += [f"## {block.title}", "", block.markdown.rstrip(), ""]
+    if run.artifacts:
+        lines += ["## Artifacts", ""]
+        for a in run.artifacts:
+            rel = a.path.relative_to(run.output_dir) if a.path.is_relative_to(run.output_dir) else a.path
+            lines.append(f"- **{a.kind}**: `{rel}` — {a.description}")
+        lines.append("")
+    path = run.output_dir / "report.md"
+    atomic.write_text(path, "\n".join(lines))
+    return path

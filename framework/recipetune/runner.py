@@ -1,0 +1,173 @@
+"""Turn a validated recipe into a run: prepare its folder, then call the six stages in order."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import __version__, atomic
+from .problems import StageError
+from .recipe.model import Recipe
+from .run import STAGES, Run, default_output_dir
+
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "bitsandbytes",
+             "unsloth", "unsloth_zoo", "gguf", "llama_cpp_python", "pydantic", "pluggy")
+
+STAGE_SECTION = {"load": "load", "adapt": "adapt", "train": "train"}
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpu_count": os.cpu_count(), "machine": platform.machine()}
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["ram_gib"] = round(pages * size / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            info["gpu"] = props.name
+            info["gpu_memory_gib"] = round(props.total_memory / 2**30, 2)
+            info["gpu_count"] = torch.cuda.device_count()
+    return info
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+    import torch
+
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def resolved_document(run: Run) -> dict[str, Any]:
+    recipe = run.recipe
+    plugins = {name: {"distribution": i.distribution, "version": i.version, "module": i.module}
+               for name, i in run.pm.info.items()}
+    return {
+        "recipe": recipe.resolved(),
+        "source": str(recipe.source) if recipe.source else None,
+        "overrides": recipe.overrides,
+        "seed": recipe.seed,
+        "recipetune": __version__,
+        "plugins": plugins,
+        "components": {s.path: {"use": s.use, "plugin": s.entry.plugin, "version": s.entry.version}
+                       for s in recipe.sections()},
+        "libraries": library_versions(),
+        "hardware": hardware(),
+    }
+
+
+def prepare_run(recipe: Recipe, pm, output_dir: Path | None = None, resume: bool = False) -> Run:
+    """Create the run folder, write ``recipe.toml`` and ``resolved.json``, set up logging."""
+    out = Path(output_dir) if output_dir else (recipe.header.output_dir or default_output_dir(recipe))
+    out.mkdir(parents=True, exist_ok=True)
+    run = Run(recipe=recipe, pm=pm, output_dir=out.resolve(), resume=resume)
+    run.artifacts_dir.mkdir(exist_ok=True)
+    _attach_log_file(run)
+    if not resume:
+        run.metrics_path.unlink(missing_ok=True)
+    atomic.write_text(run.output_dir / "recipe.toml", _recipe_as_given(recipe))
+    return run
+
+
+def _recipe_as_given(recipe: Recipe) -> str:
+    text = recipe.text
+    if recipe.overrides:
+        text = "# command-line overrides: " + " ".join(recipe.overrides) + "\n" + text
+    return text
+
+
+def _attach_log_file(run: Run) -> None:
+    handler = logging.FileHandler(run.output_dir / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    run.logger.addHandler(handler)
+    run.logger.setLevel(logging.INFO)
+    run.state["_log_handler"] = handler
+
+
+def execute(run: Run) -> Run:
+    """Call load, adapt, format, train, report, export in order, with lifecycle hooks."""
+    hook = run.pm.hook
+    seed_everything(run.recipe.seed)
+    run.write_json("resolved.json", resolved_document(run))
+    loaded = dataset = result = None
+    try:
+        for stage in STAGES:
+            if stage == "train" and run.recipe.train is None:
+                continue
+            hook.before_stage_run(run=run, stage=stage)
+            started = time.perf_counter()
+            run.logger.info("stage %s: started", stage)
+            try:
+                if stage == "load":
+                    loaded = run.loaded = hook.load_model(run=run)
+                elif stage == "adapt":
+                    loaded = run.loaded = hook.adapt_model(run=run, loaded=loaded)
+                elif stage == "format":
+                    dataset = hook.format_dataset(run=run, loaded=loaded)
+                elif stage == "train":
+                    result = hook.train_model(run=run, loaded=loaded, dataset=dataset)
+                elif stage == "report":
+                    stage_result = hook.write_report(run=run, result=result)
+                elif stage == "export":
+                    stage_result = hook.export_model(run=run, loaded=loaded, result=result)
+            except Exception as exc:
+                hook.on_stage_error(run=run, stage=stage, error=exc)
+                if isinstance(exc, StageError):
+                    raise
+                raise _stage_error(run, stage, exc) from exc
+            run.timings[stage] = round(time.perf_counter() - started, 3)
+            run.logger.info("stage %s: done in %.1f s", stage, run.timings[stage])
+            value = {"load": loaded, "adapt": loaded, "format": dataset, "train": result}.get(stage, None)
+            hook.after_stage_run(run=run, stage=stage, result=value if stage in ("load", "adapt", "format", "train") else stage_result)
+        # The report is rewritten after export so it lists the artifacts and their checks.
+        hook.write_report(run=run, result=result)
+        run.write_json("resolved.json", {**resolved_document(run), "timings": run.timings,
+                                          "artifacts": [{"kind": a.kind, "path": str(a.path), **a.details} for a in run.artifacts]})
+    finally:
+        handler = run.state.pop("_log_handler", None)
+        if handler is not None:
+            run.logger.removeHandler(handler)
+            handler.close()
+    return run
+
+
+def _stage_error(run: Run, stage: str, exc: Exception) -> StageError:
+    section = run.recipe.format if stage == "format" else None
+    name = plugin = None
+    if stage in STAGE_SECTION and run.section(stage) is not None:
+        sec = run.section(stage)
+        name, plugin = f'{sec.kind} "{sec.use}"', sec.entry.plugin
+    elif stage == "format" and section is not None and run.recipe.standardizer is not None:
+        name = f'dataset format "{run.recipe.standardizer.use}" / chat template "{run.recipe.chat_template.use}"'
+        plugin = f"{run.recipe.standardizer.entry.plugin}, {run.recipe.chat_template.entry.plugin}"
+    return StageError(stage, name, plugin, exc)

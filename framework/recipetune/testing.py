@@ -1,0 +1,176 @@
+"""Test helpers for recipetune and its plugins (a pytest plugin, loaded automatically).
+
+Fixtures:
+
+``recipetune_pm``
+    a plugin manager with the installed plugins.
+``register_plugin``
+    ``register_plugin(obj, name)`` adds a plugin object to a fresh manager and returns it.
+``recipe_problems``
+    ``recipe_problems(text, overrides=(), pm=None)`` -> the rendered problems of a recipe text
+    (an empty list when it is valid).
+``tiny_model_dir``
+    a tiny Llama-architecture model and byte-level BPE tokenizer with a ChatML template,
+    built in the test session (no download), as an HF folder.
+
+Functions :func:`make_tiny_llama` and :func:`make_tokenizer` build the same things anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello world! How are you today? I am fine, thank you.",
+    "What is 2 + 3? The answer is 5. Fibonacci: 1, 1, 2, 3, 5, 8, 13, 21, 34.",
+    "system user assistant You are a helpful assistant named Quill.",
+    "Ünïcödé tëxt, emoji 🙂 and CJK 你好 世界, tabs\tand  double  spaces.",
+    "def add(a, b):\n    return a + b\n",
+]
+
+
+def make_tokenizer(vocab_size: int = 512, extra_special: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer (GPT-2/Llama-3 style) with ChatML special tokens, trained in memory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *extra_special]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token=None)
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def make_tiny_llama(path: str | Path, hidden_size: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                    intermediate_size: int = 128, vocab_size: int = 512, seed: int = 0, tie_word_embeddings: bool = False,
+                    rope_theta: float = 10000.0) -> Path:
+    """Write a randomly initialised Llama-architecture model and its tokenizer to ``path``."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    tokenizer = make_tokenizer(vocab_size)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=intermediate_size,
+                         max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=rope_theta,
+                         tie_word_embeddings=tie_word_embeddings,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_sharegpt(path: str | Path, rows: int = 16) -> Path:
+    """A small ShareGPT-format JSONL file (``conversations`` of ``from``/``value`` turns)."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(rows):
+            conv = [{"from": "system", "value": "You are Quill."}] if i % 3 == 0 else []
+            conv += [{"from": "human", "value": f"What is {i} + {i}?"}, {"from": "gpt", "value": f"{i} + {i} = {2 * i}."}]
+            if i % 2:
+                conv += [{"from": "human", "value": "And doubled?"}, {"from": "gpt", "value": f"{4 * i}."}]
+            fh.write(json.dumps({"conversations": conv}) + "\n")
+    return path
+
+
+def tiny_recipe_text(model_dir: Path, data: Path, name: str = "tiny", extra: str = "") -> str:
+    """A recipe that trains the tiny model for a few real steps on a CPU."""
+    return f"""
+name = "{name}"
+seed = 7
+
+[load]
+use = "hf"
+model = "{model_dir}"
+max_seq_length = 128
+
+[adapt]
+use = "lora"
+r = 4
+alpha = 8
+target_modules = ["q_proj", "v_proj"]
+gradient_checkpointing = false
+
+[format]
+dataset = "{data}"
+standardizer = "sharegpt"
+chat_template = "tokenizer"
+
+[train]
+use = "sft"
+max_steps = 3
+per_device_train_batch_size = 2
+gradient_accumulation_steps = 1
+warmup_steps = 0
+learning_rate = 1e-3
+optim = "adamw_torch"
+{extra}
+"""
+
+
+# ---------------------------------------------------------------- fixtures
+@pytest.fixture
+def recipetune_pm():
+    from .plugins import get_plugin_manager
+
+    return get_plugin_manager()
+
+
+@pytest.fixture
+def register_plugin():
+    from .plugins import get_plugin_manager
+
+    def _register(plugin: Any, name: str = "test-plugin"):
+        return get_plugin_manager(extra_plugins=[(plugin, name)])
+
+    return _register
+
+
+@pytest.fixture
+def recipe_problems(tmp_path):
+    from .problems import RecipeError
+    from .recipe import load_recipe
+
+    def _problems(text: str, overrides: tuple[str, ...] = (), pm=None, filename: str = "recipe.toml") -> list[str]:
+        path = tmp_path / filename
+        path.write_text(text, encoding="utf-8")
+        try:
+            recipe = load_recipe(path, list(overrides), pm=pm)
+        except RecipeError as exc:
+            return [p.render() for p in exc.problems]
+        return [w.render() for w in recipe.warnings]
+
+    return _problems
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model")
+
+
+@pytest.fixture(scope="session")
+def sharegpt_file(tmp_path_factory) -> Path:
+    return write_sharegpt(tmp_path_factory.mktemp("data") / "chat.jsonl")

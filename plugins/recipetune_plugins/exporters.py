@@ -1,0 +1,88 @@
+"""Exporters ``lora`` (adapter folder + tokenizer) and ``merged`` (merged safetensors + tokenizer)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from recipetune import Artifact, Exporter, Options, hookimpl
+from recipetune.atomic import atomic_dir
+
+
+class LoraExportOptions(Options):
+    folder: str = "lora"
+    """Folder name under the run's artifacts/."""
+
+
+class LoraExporter(Exporter):
+    """The LoRA adapter (peft format, safetensors) and the tokenizer with its chat template."""
+
+    name = "lora"
+    Options = LoraExportOptions
+
+    def export(self, run, loaded, result):
+        if loaded.adapter is None:
+            raise ValueError("there is no adapter to export (no [adapt] table); use the merged exporter")
+        target = run.artifacts_dir / self.options.folder
+        with atomic_dir(target) as tmp:
+            loaded.model.save_pretrained(tmp, safe_serialization=True)
+            loaded.tokenizer.save_pretrained(tmp)
+        return [Artifact("lora", target, f"LoRA adapter for {loaded.model_name}", {"base_model": loaded.model_name})]
+
+
+class MergedOptions(Options):
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    """dtype of the merged weights."""
+    folder: str = "merged"
+    """Folder name under the run's artifacts/."""
+
+
+def merged_model(loaded, dtype_name: str):
+    """A plain transformers model with the adapter merged in, at ``dtype_name``.
+
+    A LoRA model trained on 4-bit weights is merged into the base weights
+    reloaded at full precision (not the rounded 4-bit ones).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = getattr(torch, dtype_name)
+    model = loaded.model
+    if loaded.adapter is None:
+        return model.to(dtype)
+    from peft import PeftModel
+
+    source = str(loaded.source_dir) if loaded.source_dir else loaded.model_name
+    base = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
+    if base.get_input_embeddings().weight.shape[0] != len(loaded.tokenizer):
+        base.resize_token_embeddings(len(loaded.tokenizer))
+    with tempfile.TemporaryDirectory() as adapter_dir:
+        model.save_pretrained(adapter_dir, safe_serialization=True)
+        merged = PeftModel.from_pretrained(base, adapter_dir, torch_device="cpu").merge_and_unload()
+    merged.generation_config = model.generation_config
+    merged.config.use_cache = True
+    return merged
+
+
+class MergedExporter(Exporter):
+    """Base weights with the adapter merged in: a folder AutoModelForCausalLM loads."""
+
+    name = "merged"
+    Options = MergedOptions
+
+    def export(self, run, loaded, result):
+        merged = merged_model(loaded, self.options.dtype)
+        target = run.artifacts_dir / self.options.folder
+        with atomic_dir(target) as tmp:
+            merged.save_pretrained(tmp, safe_serialization=True)
+            loaded.tokenizer.save_pretrained(tmp)
+        size = sum(f.stat().st_size for f in Path(target).rglob("*.safetensors"))
+        return [Artifact("merged", target, f"merged {self.options.dtype} weights ({size / 2**20:.1f} MiB)",
+                         {"dtype": self.options.dtype, "bytes": size})]
+
+
+@hookimpl
+def register_exporters(register):
+    register(LoraExporter)
+    register(MergedExporter)

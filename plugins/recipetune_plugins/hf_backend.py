@@ -1,0 +1,128 @@
+"""Backend ``hf``: a transformers model and tokenizer, optionally 4-bit through bitsandbytes."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from recipetune import Backend, Loaded, Options, PathOrHubId, Problem, UserError, hookimpl
+
+from .model_sources import hf_folder_from_gguf, local_model_path
+from .precision import resolve_dtype
+
+
+class HFOptions(Options):
+    model: PathOrHubId
+    """Hub id (``org/name``), a local HF folder, a ``.gguf`` file, or ``pkg:<package>/<file>``."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit)."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Weights' dtype; ``auto`` is bf16 on Ampere or newer GPUs, fp16 on older GPUs, fp32 on a CPU."""
+    max_seq_length: int = Field(default=2048, ge=8)
+    """Longest sample in tokens; longer samples are truncated."""
+    load_in_4bit: bool = False
+    """Quantize weights to 4 bits with bitsandbytes (QLoRA). Needs a CUDA GPU unless ``allow_cpu_4bit``."""
+    load_in_8bit: bool = False
+    """Quantize weights to 8 bits with bitsandbytes."""
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type."""
+    bnb_4bit_use_double_quant: bool = True
+    """Quantize the quantization constants too (saves ~0.4 bit per weight)."""
+    bnb_4bit_compute_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """dtype of the matmuls on 4-bit weights; ``auto`` follows ``dtype``."""
+    allow_cpu_4bit: bool = False
+    """Opt in to bitsandbytes' CPU kernels when there is no CUDA GPU (slow; for trying a QLoRA recipe on a laptop)."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with the model. Off unless you trust its author."""
+    attn_implementation: str | None = "sdpa"
+    """Attention kernel (``sdpa``, ``eager``, ``flash_attention_2``)."""
+    token_env: str = "HF_TOKEN"
+    """Name of the environment variable holding a Hub token (the token itself never goes into a recipe or log)."""
+
+    @model_validator(mode="after")
+    def _one_quantization(self):
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit are exclusive")
+        return self
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class HFBackend(Backend):
+    """transformers ``AutoModelForCausalLM`` + ``AutoTokenizer``; bitsandbytes for 4/8-bit."""
+
+    name = "hf"
+    Options = HFOptions
+
+    def preflight(self, recipe):
+        o = self.options
+        if (o.load_in_4bit or o.load_in_8bit) and not o.allow_cpu_4bit and not cuda_available():
+            key = "load_in_4bit" if o.load_in_4bit else "load_in_8bit"
+            yield Problem(f"load.{key}", f"{key[8:]} loading needs a CUDA GPU and this machine has none; "
+                          f"set load.{key}=false (full precision LoRA), or load.allow_cpu_4bit=true to run "
+                          "bitsandbytes' slow CPU kernels")
+        if (o.load_in_4bit or o.load_in_8bit) and importlib.util.find_spec("bitsandbytes") is None:
+            yield Problem("load.load_in_4bit", "bitsandbytes is not installed: pip install 'recipetune[gpu]'")
+
+    def describe_plan(self, recipe):
+        o = self.options
+        quant = "4-bit nf4" if o.load_in_4bit else "8-bit" if o.load_in_8bit else "full precision"
+        return [f"{quant}, dtype {o.dtype}, max_seq_length {o.max_seq_length}"]
+
+    def load(self, run) -> Loaded:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        o = self.options
+        source = self.source_folder(run)
+        dtype = resolve_dtype(o.dtype)
+        on_gpu = torch.cuda.is_available()
+        kwargs = {"dtype": dtype, "trust_remote_code": o.trust_remote_code, "revision": o.revision,
+                  "token": os.environ.get(o.token_env) or None}
+        if o.attn_implementation:
+            kwargs["attn_implementation"] = o.attn_implementation
+        quantized = None
+        if o.load_in_4bit or o.load_in_8bit:
+            from transformers import BitsAndBytesConfig
+
+            compute = resolve_dtype(o.bnb_4bit_compute_dtype) if o.bnb_4bit_compute_dtype != "auto" else dtype
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=o.load_in_4bit, load_in_8bit=o.load_in_8bit,
+                bnb_4bit_quant_type=o.bnb_4bit_quant_type, bnb_4bit_use_double_quant=o.bnb_4bit_use_double_quant,
+                bnb_4bit_compute_dtype=compute)
+            quantized = "4bit" if o.load_in_4bit else "8bit"
+        if on_gpu:
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=o.trust_remote_code,
+                                                      revision=o.revision, token=kwargs["token"])
+            model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **kwargs)
+        except OSError as exc:
+            raise UserError(f"cannot load model {o.model!r}: {exc}") from exc
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.config.use_cache = False
+        local = local_model_path(source)
+        return Loaded(model=model, tokenizer=tokenizer, backend=self.name, model_name=o.model,
+                      device="cuda" if on_gpu else "cpu", dtype=str(dtype).replace("torch.", ""),
+                      max_seq_length=o.max_seq_length, quantized=quantized,
+                      source_dir=local if local is not None and local.is_dir() else None)
+
+    def source_folder(self, run) -> str:
+        """The folder or Hub id transformers should read (GGUF sources converted once)."""
+        local = local_model_path(self.options.model)
+        if local is not None and local.suffix == ".gguf":
+            return str(hf_folder_from_gguf(local, run.logger))
+        return str(local) if local is not None else self.options.model
+
+
+@hookimpl
+def register_backends(register):
+    register(HFBackend)

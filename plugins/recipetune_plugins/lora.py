@@ -1,0 +1,100 @@
+"""Adapter ``lora``: LoRA (and QLoRA on a 4-bit model) through peft."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from recipetune import Adapter, Loaded, Options, UserError, hookimpl
+
+SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraOptions(Options):
+    r: int = Field(default=16, ge=1)
+    """Rank of the update matrices; higher learns more and costs more memory."""
+    alpha: int = Field(default=16, ge=1)
+    """Scaling numerator: the update is scaled by alpha / r (alpha / sqrt(r) with rslora)."""
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input; 0 keeps Unsloth's fast kernels."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases to train; "none" keeps Unsloth's fast kernels."""
+    target_modules: list[str] | Literal["all-linear"] = Field(default_factory=lambda: list(SEVEN_PROJECTIONS))
+    """Module names to adapt (Llama: the seven projections) or "all-linear"."""
+    modules_to_save: list[str] | None = None
+    """Modules trained in full and saved with the adapter (e.g. embed_tokens, lm_head when adding tokens)."""
+    use_rslora: bool = False
+    """Rank-stabilized LoRA (scale alpha / sqrt(r))."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (slower; turns Unsloth's fast kernels off)."""
+    gradient_checkpointing: bool | Literal["unsloth"] = "unsloth"
+    """Recompute activations in backward to save memory. "unsloth" is Unsloth's offloaded variant; other backends treat it as true."""
+    random_state: int = 3407
+    """Seed for the LoRA weights' initialisation."""
+    loftq_config: dict[str, Any] | None = None
+    """LoftQ initialisation options (Unsloth backend), e.g. {loftq_bits = 4}."""
+
+
+def peft_config(o: LoraOptions):
+    from peft import LoraConfig
+
+    return LoraConfig(r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout, bias=o.bias,
+                      target_modules=o.target_modules, modules_to_save=o.modules_to_save,
+                      use_rslora=o.use_rslora, use_dora=o.use_dora, task_type="CAUSAL_LM")
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+class LoraAdapter(Adapter):
+    """Low-rank adapters on the named projections (peft)."""
+
+    name = "lora"
+    Options = LoraOptions
+
+    def describe_plan(self, recipe):
+        o = self.options
+        lines = [f"r={o.r} alpha={o.alpha} on {o.target_modules}"]
+        if recipe.load.use == "unsloth":
+            off = [why for cond, why in ((o.dropout > 0, f"dropout={o.dropout}"), (o.bias != "none", f"bias={o.bias!r}"),
+                                         (o.use_dora, "use_dora=true")) if cond]
+            if off:
+                lines.append(f"Unsloth's fast LoRA kernels are OFF because of {', '.join(off)}")
+        return lines
+
+    def adapt(self, run, loaded: Loaded) -> Loaded:
+        import torch
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        o = self.options
+        model = loaded.model
+        checkpointing = bool(o.gradient_checkpointing)
+        if o.gradient_checkpointing == "unsloth":
+            run.logger.info('adapt.gradient_checkpointing = "unsloth" on backend %r: using transformers\' '
+                            "gradient checkpointing (non-reentrant)", loaded.backend)
+        if loaded.quantized:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        torch.manual_seed(o.random_state)
+        try:
+            model = get_peft_model(model, peft_config(o))
+        except ValueError as exc:
+            raise UserError(f"adapt.target_modules {o.target_modules}: {exc}") from exc
+        trainable, total = count_parameters(model)
+        run.logger.info("LoRA: %s trainable parameters of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+        run.state["trainable_parameters"] = (trainable, total)
+        loaded.model = model
+        loaded.adapter = self.name
+        return loaded
+
+
+@hookimpl
+def register_adapters(register):
+    register(LoraAdapter)

@@ -1,0 +1,144 @@
+"""Trainer ``sft``: TRL's SFTTrainer on the pre-tokenized, pre-masked samples of the format stage."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from recipetune import Options, Problem, Trainer, TrainResult, hookimpl
+
+
+class SFTOptions(Options):
+    per_device_train_batch_size: int = Field(default=2, ge=1)
+    """Samples per device per forward pass."""
+    gradient_accumulation_steps: int = Field(default=4, ge=1)
+    """Forward passes per optimizer step (effective batch = batch size x this); the loss is normalised over all label tokens of the accumulated batch."""
+    warmup_steps: int = Field(default=5, ge=0)
+    """Steps of linear learning-rate warm-up."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1 trains for ``num_train_epochs``."""
+    num_train_epochs: float = Field(default=1.0, gt=0)
+    """Passes over the data when ``max_steps`` is -1."""
+    learning_rate: float = Field(default=2e-4, gt=0)
+    """Peak learning rate."""
+    optim: str = "adamw_8bit"
+    """Optimizer name as transformers knows it: adamw_8bit (bitsandbytes), adamw_torch, adafactor..."""
+    weight_decay: float = Field(default=0.01, ge=0)
+    """Decoupled weight decay."""
+    lr_scheduler_type: str = "linear"
+    """Learning-rate schedule: linear, cosine, constant..."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    seed: int | None = None
+    """Trainer seed (data order, dropout); default: the recipe's seed."""
+    logging_steps: int = Field(default=1, ge=1)
+    """Log (and write a line of metrics.jsonl) every this many steps."""
+    save_steps: int = Field(default=0, ge=0)
+    """Write a resumable checkpoint every this many steps (0: only at the end)."""
+    save_total_limit: int = Field(default=2, ge=1)
+    """Checkpoints kept on disk."""
+    eval_steps: int | None = None
+    """Evaluate on the validation split every this many steps (needs format.validation_fraction)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Mixed precision: auto is bf16 on Ampere+ GPUs, fp16 on older GPUs, fp32 on a CPU."""
+    packing: bool = False
+    """Pack several samples into one row (position ids keep them apart)."""
+
+
+def precision_flags(choice: str) -> dict[str, bool]:
+    import torch
+
+    if choice == "auto":
+        if not torch.cuda.is_available():
+            choice = "fp32"
+        else:
+            choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    return checkpoints[-1] if checkpoints else None
+
+
+def metrics_callback(run):
+    from transformers import TrainerCallback
+
+    class _ToRun(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                run.log_metrics(state.global_step, logs)
+
+    return _ToRun()
+
+
+class SFTTrainer(Trainer):
+    """Supervised fine-tuning with TRL's SFTTrainer; masks come from the format stage."""
+
+    name = "sft"
+    Options = SFTOptions
+
+    def preflight(self, recipe):
+        if "8bit" in self.options.optim and importlib.util.find_spec("bitsandbytes") is None:
+            yield Problem("train.optim", f"optimizer {self.options.optim!r} needs bitsandbytes: "
+                          "pip install bitsandbytes, or set train.optim=adamw_torch")
+
+    def describe_plan(self, recipe):
+        o = self.options
+        steps = f"{o.max_steps} steps" if o.max_steps > 0 else f"{o.num_train_epochs} epochs"
+        return [f"{steps}, batch {o.per_device_train_batch_size} x {o.gradient_accumulation_steps} accumulation, "
+                f"lr {o.learning_rate} ({o.lr_scheduler_type}), {o.optim}"]
+
+    def config(self, run, loaded, has_eval: bool):
+        from trl import SFTConfig
+
+        o = self.options
+        import torch
+
+        return SFTConfig(
+            output_dir=str(run.checkpoints_dir),
+            per_device_train_batch_size=o.per_device_train_batch_size,
+            per_device_eval_batch_size=o.per_device_train_batch_size,
+            gradient_accumulation_steps=o.gradient_accumulation_steps,
+            warmup_steps=o.warmup_steps, max_steps=o.max_steps, num_train_epochs=o.num_train_epochs,
+            learning_rate=o.learning_rate, optim=o.optim, weight_decay=o.weight_decay,
+            lr_scheduler_type=o.lr_scheduler_type, max_grad_norm=o.max_grad_norm,
+            seed=o.seed if o.seed is not None else run.recipe.seed,
+            logging_steps=o.logging_steps,
+            save_strategy="steps" if o.save_steps else "no", save_steps=o.save_steps or 500,
+            save_total_limit=o.save_total_limit,
+            eval_strategy="steps" if (has_eval and o.eval_steps) else "no", eval_steps=o.eval_steps,
+            max_length=loaded.max_seq_length, packing=o.packing,
+            report_to="none", use_cpu=not torch.cuda.is_available(), **precision_flags(o.precision),
+        )
+
+    def train(self, run, loaded, dataset) -> TrainResult:
+        from datasets import Dataset
+        from trl import SFTTrainer as TRLSFTTrainer
+
+        columns = ("input_ids", "labels")
+        train = Dataset.from_list([{k: s[k] for k in columns} for s in dataset.train])
+        evals = Dataset.from_list([{k: s[k] for k in columns} for s in dataset.validation]) if dataset.validation else None
+        trainer = TRLSFTTrainer(model=loaded.model, args=self.config(run, loaded, evals is not None),
+                                train_dataset=train, eval_dataset=evals, processing_class=loaded.tokenizer,
+                                callbacks=[metrics_callback(run)])
+        resume_from = latest_checkpoint(run.checkpoints_dir) if run.resume else None
+        if run.resume:
+            run.logger.info("resuming from %s", resume_from or "the start (no checkpoint found)")
+        started = time.perf_counter()
+        out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        runtime = time.perf_counter() - started
+        losses = [(int(m["step"]), m["loss"]) for m in run.read_metrics() if "loss" in m]
+        if getattr(loaded.model, "config", None) is not None:
+            loaded.model.config.use_cache = True
+        return TrainResult(steps=out.global_step, train_loss=out.training_loss, runtime_s=runtime, losses=losses,
+                           checkpoint_dir=run.checkpoints_dir, extras={"metrics": out.metrics})
+
+
+@hookimpl
+def register_trainers(register):
+    register(SFTTrainer)
