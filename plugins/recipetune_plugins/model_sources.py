@@ -53,7 +53,7 @@ def hf_folder_from_gguf(gguf_path: Path, logger=None) -> Path:
     from recipetune.atomic import atomic_dir
 
     target = gguf_cache_dir(gguf_path)
-    if (target / "config.json").exists():
+    if (target / "config.json").exists() and "quantization_config" not in (target / "config.json").read_text():
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -64,7 +64,10 @@ def hf_folder_from_gguf(gguf_path: Path, logger=None) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     # save_pretrained refuses a model loaded from GGUF: copy its weights into a model built from its config.
-    fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the weights are dequantized: plain floats from here on
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict())
     fresh.generation_config = loaded.generation_config
     with atomic_dir(target) as tmp:
