@@ -70,5 +70,8 @@ class Registry:
         close = difflib.get_close_matches(str(name), names, n=1)
         if close:
             msg += f"; did you mean {close[0]!r}?"
-        msg += f" installed: {', '.join(names) if names else '(none)'}"
+            msg += " installed:"
+        else:
+            msg += "; installed:"
+        msg += f" {', '.join(names) if names else '(none)'}"
         return msg

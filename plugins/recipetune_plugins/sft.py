@@ -65,6 +65,22 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[-1])
+
+
+def keep_metrics_until(run, step: int) -> None:
+    """Drop metric lines after ``step``: the resumed run logs those steps again."""
+    import json
+
+    from recipetune.atomic import write_text
+
+    if not run.metrics_path.exists():
+        return
+    lines = [l for l in run.metrics_path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+    write_text(run.metrics_path, "".join(l + "\n" for l in lines))
+
+
 def metrics_callback(run):
     from transformers import TrainerCallback
 
@@ -129,6 +145,7 @@ class SFTTrainer(Trainer):
         resume_from = latest_checkpoint(run.checkpoints_dir) if run.resume else None
         if run.resume:
             run.logger.info("resuming from %s", resume_from or "the start (no checkpoint found)")
+            keep_metrics_until(run, checkpoint_step(resume_from) if resume_from else 0)
         started = time.perf_counter()
         out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         runtime = time.perf_counter() - started

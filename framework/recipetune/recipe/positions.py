@@ -75,12 +75,12 @@ def index_positions(text: str) -> dict[PathKey, tuple[int, int]]:
             for other in [k for k in array_counts if len(k) > len(key) and k[: len(key)] == key]:
                 del array_counts[other]
             table = key + (index,)
-            positions.setdefault(key, (lineno, m.start(1) + 1))
-            positions[table] = (lineno, m.start(1) + 1)
+            positions.setdefault(key, (lineno, 1))
+            positions[table] = (lineno, 1)
             continue
         if m := _TABLE_HEADER.match(line):
             table = _under_arrays(split_key(m.group(1)), array_counts)
-            positions[table] = (lineno, m.start(1) + 1)
+            positions[table] = (lineno, 1)
             continue
         if m := _KEY_VALUE.match(line):
             path = table + split_key(m.group(2))

@@ -1,0 +1,5 @@
+"""``python -m recipetune`` is the ``recipe`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,122 @@
+"""Broken recipes of every kind: each problem named with file, line, column, field and what was expected."""
+
+from __future__ import annotations
+
+import re
+
+GOOD = """\
+name = "demo"
+
+[load]
+use = "hf"
+model = "org/model"
+
+[adapt]
+use = "lora"
+r = 8
+
+[format]
+dataset = "org/data"
+
+[train]
+use = "sft"
+max_steps = 10
+
+[[export]]
+use = "lora"
+"""
+
+
+def test_valid_recipe_has_no_problems(recipe_problems):
+    assert recipe_problems(GOOD) == []
+
+
+def test_misspelled_key_points_at_its_line_with_a_suggestion(recipe_problems):
+    text = GOOD.replace("max_steps = 10", "max_steps = 10\nlearnig_rate = 1e-4")
+    [problem] = recipe_problems(text)
+    assert re.fullmatch(r'.*recipe\.toml:17:1: train\.learnig_rate: unknown key for trainer "sft"; did you mean "learning_rate"\?', problem)
+
+
+def test_unknown_component_lists_installed_names(recipe_problems):
+    text = GOOD.replace('[[export]]\nuse = "lora"', '[[export]]\nuse = "ggfu"')
+    [problem] = recipe_problems(text)
+    assert ":19:1: export[0].use: unknown exporter 'ggfu'; installed: " in problem
+    assert "installed: " in problem and "lora" in problem and "merged" in problem
+
+
+def test_every_problem_is_reported_at_once(recipe_problems):
+    text = (GOOD.replace("r = 8", "r = 0\nrank = 8")
+            .replace("max_steps = 10", 'max_steps = "ten"')
+            .replace('use = "hf"', 'use = "hff"'))
+    problems = recipe_problems(text)
+    assert len(problems) == 4, problems
+    joined = "\n".join(problems)
+    assert ":4:1: load.use: unknown backend 'hff'; did you mean 'hf'?" in joined
+    assert ":9:1: adapt.r: Input should be greater than or equal to 1 (got 0)" in joined
+    assert ":10:1: adapt.rank: unknown key for adapter \"lora\"" in joined
+    assert ":17:1: train.max_steps: Input should be a valid integer" in joined
+
+
+def test_toml_syntax_error_has_its_line(recipe_problems):
+    [problem] = recipe_problems(GOOD.replace("r = 8", "r = = 8"))
+    assert re.search(r"recipe\.toml:9:\d+: TOML syntax error: ", problem), problem
+
+
+def test_missing_tables_and_required_keys(recipe_problems):
+    problems = recipe_problems('name = "x"\n\n[load]\nuse = "hf"\n')
+    joined = "\n".join(problems)
+    assert ":3:1: load: missing required key for backend \"hf\"" in joined or "load.model: missing required key" in joined
+    assert "format: missing [format] table" in joined
+    assert "train: missing [train] table" in joined
+
+
+def test_missing_use_lists_choices(recipe_problems):
+    [problem] = recipe_problems(GOOD.replace('use = "sft"\n', ""))
+    assert ":14:1: train.use: missing 'use': name a trainer; installed: " in problem and "sft" in problem
+
+
+def test_array_of_tables_written_as_a_table(recipe_problems):
+    [problem] = recipe_problems(GOOD.replace("[[export]]", "[export]"))
+    assert "export: write [[export]] (an array of tables), not [export]" in problem
+
+
+def test_format_subcomponent_errors_are_located(recipe_problems):
+    text = GOOD.replace('dataset = "org/data"', 'dataset = "org/data"\nstandardizer = "sharegtp"\nchat_tempalte = "tokenizer"')
+    problems = "\n".join(recipe_problems(text))
+    assert ":13:1: format.standardizer.use: unknown dataset format 'sharegtp'; did you mean 'sharegpt'?" in problems
+    assert ':14:1: format.chat_tempalte: unknown key for [format]; did you mean "chat_template"?' in problems
+
+
+def test_top_level_errors(recipe_problems):
+    problems = "\n".join(recipe_problems(GOOD.replace('name = "demo"', 'name = "demo run"\nsede = 1')))
+    assert ":1:1: name: String should match pattern" in problems
+    assert ':2:1: sede: unknown key for a recipe (top level); did you mean "seed"?' in problems
+
+
+def test_override_errors_name_the_command_line(recipe_problems):
+    problems = recipe_problems(GOOD, overrides=("train.max_steps=abc", "adapt.rank=4", "nonsense"))
+    joined = "\n".join(problems)
+    assert "<command line>: nonsense: expected KEY=VALUE" in joined
+
+
+def test_override_type_errors(recipe_problems):
+    problems = recipe_problems(GOOD, overrides=("train.max_steps=abc", "adapt.alpah=4"))
+    assert "<command line>: train.max_steps=abc: Input should be a valid integer" in problems[0] or any(
+        "<command line>: train.max_steps=abc" in p for p in problems)
+    assert any('<command line>: adapt.alpah=4: unknown key for adapter "lora"; did you mean "alpha"?' in p for p in problems), problems
+
+
+def test_cli_exit_status_and_no_traceback(cli, tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD.replace("max_steps = 10", "max_stepz = 10"))
+    for command in ("validate", "run"):
+        result = cli(command, str(path))
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"{path}:16:1: train.max_stepz: unknown key for trainer \"sft\"; did you mean \"max_steps\"?" in result.stderr
+
+
+def test_missing_recipe_file(cli, tmp_path):
+    result = cli("validate", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "nope.toml: cannot read the recipe" in result.stderr
