@@ -178,8 +178,14 @@ def plugins(as_json: bool) -> None:
 
 
 @cli.command()
-def schema() -> None:
+@click.option("--markdown", is_flag=True, help="Print the recipe reference as Markdown instead.")
+def schema(markdown: bool) -> None:
     """Print the JSON schema of recipes for the installed plugins."""
+    if markdown:
+        from .recipe.reference import reference_markdown
+
+        click.echo(reference_markdown(_pm().registry), nl=False)
+        return
     from .recipe.schema import recipe_schema
 
     click.echo(json.dumps(recipe_schema(_pm().registry), indent=2))

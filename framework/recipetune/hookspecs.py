@@ -92,7 +92,7 @@ def register_exporters(register: Register) -> None:
 
 
 @hookspec
-def register_commands(cli: "click.Group") -> None:
+def register_commands(cli: click.Group) -> None:
     """Add sub-commands to the ``recipe`` command line.
 
     :param cli: the root ``click.Group``; decorate new commands with ``@cli.command()``.
@@ -102,7 +102,7 @@ def register_commands(cli: "click.Group") -> None:
 
 # ---------------------------------------------------------------------------- validation
 @hookspec
-def validate_recipe(recipe: "Recipe", registry: "Registry") -> "list[Problem] | None":
+def validate_recipe(recipe: Recipe, registry: Registry) -> list[Problem] | None:
     """Check a recipe across its sections, before any model is loaded.
 
     Every implementation is called; all problems are collected and shown at once.
@@ -115,7 +115,7 @@ def validate_recipe(recipe: "Recipe", registry: "Registry") -> "list[Problem] | 
 
 # ---------------------------------------------------------------------------- stages
 @hookspec(firstresult=True)
-def load_model(run: "Run") -> "Loaded | None":
+def load_model(run: Run) -> Loaded | None:
     """Stage 1: load the model and tokenizer named in ``[load]``.
 
     :param run: the run; ``run.recipe.load`` holds the backend's options.
@@ -124,7 +124,7 @@ def load_model(run: "Run") -> "Loaded | None":
 
 
 @hookspec(firstresult=True)
-def adapt_model(run: "Run", loaded: "Loaded") -> "Loaded | None":
+def adapt_model(run: Run, loaded: Loaded) -> Loaded | None:
     """Stage 2: make the model trainable as ``[adapt]`` says (LoRA...).
 
     :param run: the run.
@@ -134,7 +134,7 @@ def adapt_model(run: "Run", loaded: "Loaded") -> "Loaded | None":
 
 
 @hookspec(firstresult=True)
-def format_dataset(run: "Run", loaded: "Loaded") -> "FormattedDataset | None":
+def format_dataset(run: Run, loaded: Loaded) -> FormattedDataset | None:
     """Stage 3: read, standardize, template and tokenize the dataset of ``[format]``.
 
     :param run: the run.
@@ -144,7 +144,7 @@ def format_dataset(run: "Run", loaded: "Loaded") -> "FormattedDataset | None":
 
 
 @hookspec(firstresult=True)
-def train_model(run: "Run", loaded: "Loaded", dataset: "FormattedDataset") -> "TrainResult | None":
+def train_model(run: Run, loaded: Loaded, dataset: FormattedDataset) -> TrainResult | None:
     """Stage 4: train as ``[train]`` says.
 
     :param run: the run; log metrics with ``run.log_metrics(step, {...})``.
@@ -155,7 +155,7 @@ def train_model(run: "Run", loaded: "Loaded", dataset: "FormattedDataset") -> "T
 
 
 @hookspec(firstresult=True)
-def write_report(run: "Run", result: "TrainResult | None") -> "Any":
+def write_report(run: Run, result: TrainResult | None) -> Any:
     """Stage 5: write ``report.md`` (and its pictures) from the ``[[report]]`` reporters.
 
     :param run: the run.
@@ -165,7 +165,7 @@ def write_report(run: "Run", result: "TrainResult | None") -> "Any":
 
 
 @hookspec(firstresult=True)
-def export_model(run: "Run", loaded: "Loaded", result: "TrainResult | None") -> "list[Artifact] | None":
+def export_model(run: Run, loaded: Loaded, result: TrainResult | None) -> list[Artifact] | None:
     """Stage 6: run every ``[[export]]`` exporter in order.
 
     :param run: the run; write under ``run.artifacts_dir``.
@@ -177,7 +177,7 @@ def export_model(run: "Run", loaded: "Loaded", result: "TrainResult | None") -> 
 
 # ---------------------------------------------------------------------------- lifecycle
 @hookspec
-def before_stage_run(run: "Run", stage: str) -> None:
+def before_stage_run(run: Run, stage: str) -> None:
     """Called before a stage starts.
 
     :param run: the run.
@@ -186,7 +186,7 @@ def before_stage_run(run: "Run", stage: str) -> None:
 
 
 @hookspec
-def after_stage_run(run: "Run", stage: str, result: Any) -> None:
+def after_stage_run(run: Run, stage: str, result: Any) -> None:
     """Called after a stage succeeded.
 
     :param run: the run.
@@ -196,7 +196,7 @@ def after_stage_run(run: "Run", stage: str, result: Any) -> None:
 
 
 @hookspec
-def on_stage_error(run: "Run", stage: str, error: BaseException) -> None:
+def on_stage_error(run: Run, stage: str, error: BaseException) -> None:
     """Called when a stage raised; the run then stops.
 
     :param run: the run.
@@ -206,7 +206,7 @@ def on_stage_error(run: "Run", stage: str, error: BaseException) -> None:
 
 
 @hookspec
-def on_metrics(run: "Run", step: int, metrics: "dict[str, float]") -> None:
+def on_metrics(run: Run, step: int, metrics: dict[str, float]) -> None:
     """Called for every logged training step (after the line is written to ``metrics.jsonl``).
 
     :param run: the run.
