@@ -120,3 +120,14 @@ def test_missing_recipe_file(cli, tmp_path):
     result = cli("validate", str(tmp_path / "nope.toml"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "nope.toml: cannot read the recipe" in result.stderr
+
+
+def test_a_token_in_a_recipe_is_refused_and_never_echoed(recipe_problems):
+    token = "hf_" + "a1B2c3D4e5" * 4
+    problems = recipe_problems(GOOD.replace('model = "org/model"', f'model = "org/model"\ntoken = "{token}"'))
+    joined = "\n".join(problems)
+    assert ":6:1: load.token: looks like a secret" in joined and "HF_TOKEN" in joined
+    assert token not in joined
+    problems = recipe_problems(GOOD, overrides=(f"load.model={token}",))
+    assert any("<command line>: load.model=***: looks like a secret" in p for p in problems)
+    assert token not in "\n".join(problems)

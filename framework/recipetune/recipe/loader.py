@@ -23,6 +23,25 @@ STAGE_TABLES: dict[str, str] = {"load": "backend", "adapt": "adapter", "train": 
 STAGE_ARRAYS: dict[str, str] = {"report": "reporter", "export": "exporter"}
 FORMAT_COMPONENTS: dict[str, str] = {"standardizer": "dataset_format", "chat_template": "chat_template"}
 REQUIRED = ("load", "format", "train")
+SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_\-]{20,})\b")
+SECRET_KEYS = {"token", "hf_token", "api_key", "password", "secret"}
+
+
+def _secrets(node: Any, path: PathKey = ()) -> list[PathKey]:
+    """Key paths whose values look like credentials: recipes are copied into run folders."""
+    found: list[PathKey] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key.lower() in SECRET_KEYS and isinstance(value, str) and value:
+                found.append(path + (key,))
+            else:
+                found += _secrets(value, path + (key,))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _secrets(value, path + (i,))
+    elif isinstance(node, str) and SECRET_VALUE.search(node):
+        found.append(path)
+    return found
 
 
 class _Collector:
@@ -136,6 +155,9 @@ def load_recipe_text(
 
     ctx = {"recipe_dir": str(recipe_dir or Path.cwd())}
     out = _Collector()
+    for secret in _secrets(data):
+        out.add(secret, "looks like a secret (a token or key); recipes are copied into run folders and logs, so "
+                "keep it in an environment variable (the hf backend reads HF_TOKEN; see load.token_env)")
     registry = pm.registry
 
     header_raw = {k: v for k, v in data.items() if k not in (*STAGE_TABLES, *STAGE_ARRAYS, "format")}
@@ -214,7 +236,8 @@ def _path_of(text: str) -> PathKey:
 def _locate(problem: Problem, path: PathKey, positions: dict, file: str, overrides: list[Override]) -> Problem:
     for ov in reversed(overrides):
         if path[: len(ov.path)] == ov.path and problem.override is None:
-            problem.override = ov.text
+            secret = problem.message.startswith("looks like a secret")
+            problem.override = ov.text.split("=", 1)[0] + "=***" if secret else ov.text
             return problem
     problem.file = problem.file or file
     if problem.line is None:
