@@ -111,11 +111,12 @@ def run(recipe_path: str, overrides: tuple[str, ...], output_dir: str | None, re
 
     pm = _pm()
     recipe = load_or_exit(recipe_path, overrides, pm)
-    problems = [p for s in recipe.sections() for p in (s.component.preflight(recipe) or ())]
-    for p in problems:
-        p.file = p.file or recipe_path
-    if any(p.severity == "error" for p in problems):
+    from .recipe.loader import locate_problems
+
+    problems = locate_problems(recipe, [p for s in recipe.sections() for p in (s.component.preflight(recipe) or ())])
+    if problems:
         _print_problems(problems)
+    if any(p.severity == "error" for p in problems):
         sys.exit(EXIT_PROBLEMS)
     if resume and not output_dir and recipe.header.output_dir is None:
         click.echo("error: --resume needs --output-dir (or output_dir in the recipe): the run folder to continue", err=True)

@@ -245,3 +245,11 @@ def _locate(problem: Problem, path: PathKey, positions: dict, file: str, overrid
         if where:
             problem.line, problem.column = where
     return problem
+
+
+def locate_problems(recipe: Recipe, problems: list[Problem]) -> list[Problem]:
+    """Give problems found after loading (``preflight``) the recipe's file, line and column."""
+    positions = index_positions(recipe.text)
+    parsed, _ = parse_overrides(list(recipe.overrides))
+    file = str(recipe.source) if recipe.source else "<recipe>"
+    return [_locate(p, _path_of(p.path), positions, file, parsed) for p in problems]
