@@ -125,5 +125,6 @@ def test_4bit_without_a_gpu_stops_before_loading(cli, tmp_path, tiny_model_dir, 
     recipe.write_text(tiny_recipe_text(tiny_model_dir, sharegpt_file))
     result = cli("run", str(recipe), "--output-dir", str(tmp_path / "o"), "load.load_in_4bit=true")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "load.load_in_4bit: 4bit loading needs a CUDA GPU and this machine has none" in result.stderr
+    assert "<command line>: load.load_in_4bit=true: 4-bit loading needs a CUDA GPU and this machine has none" in result.stderr
+    assert "load.allow_cpu_4bit=true" in result.stderr
     assert not (tmp_path / "o").exists(), "nothing may be created before the check"

@@ -89,7 +89,8 @@ class HFBackend(Backend):
         o = self.options
         if (o.load_in_4bit or o.load_in_8bit) and not o.allow_cpu_4bit and not cuda_available():
             key = "load_in_4bit" if o.load_in_4bit else "load_in_8bit"
-            yield Problem(f"load.{key}", f"{key[8:]} loading needs a CUDA GPU and this machine has none; "
+            bits = "4-bit" if o.load_in_4bit else "8-bit"
+            yield Problem(f"load.{key}", f"{bits} loading needs a CUDA GPU and this machine has none; "
                           f"set load.{key}=false (full precision LoRA), or load.allow_cpu_4bit=true to run "
                           "bitsandbytes' slow CPU kernels")
         if (o.load_in_4bit or o.load_in_8bit) and importlib.util.find_spec("bitsandbytes") is None:
