@@ -126,5 +126,40 @@ def test_4bit_without_a_gpu_stops_before_loading(cli, tmp_path, tiny_model_dir, 
     result = cli("run", str(recipe), "--output-dir", str(tmp_path / "o"), "load.load_in_4bit=true")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "<command line>: load.load_in_4bit=true: 4-bit loading needs a CUDA GPU and this machine has none" in result.stderr
-    assert "load.allow_cpu_4bit=true" in result.stderr
+    assert "set load.load_in_4bit=false" in result.stderr
     assert not (tmp_path / "o").exists(), "nothing may be created before the check"
+
+
+class _Disconnected:
+    """A test adapter whose trainable weight never reaches the loss: the failure the zero-gradient guard catches
+    (as bitsandbytes' CPU 4-bit path did in a real run)."""
+
+    @staticmethod
+    def register_adapters(register):
+        from recipetune import Adapter
+
+        class Disconnected(Adapter):
+            name = "disconnected"
+
+            def adapt(self, run, loaded):
+                import torch
+
+                for p in loaded.model.parameters():
+                    p.requires_grad_(False)
+                loaded.model.register_parameter("unused", torch.nn.Parameter(torch.zeros(4)))
+                return loaded
+
+        register(Disconnected)
+
+
+def test_a_run_whose_gradients_are_zero_stops_with_a_clear_error(tmp_path, tiny_model_dir, sharegpt_file):
+    from recipetune import UserError, hookimpl
+
+    plugin = type("P", (), {"register_adapters": staticmethod(hookimpl(_Disconnected.register_adapters))})()
+    pm = get_plugin_manager(extra_plugins=[(plugin, "disconnected-plugin")])
+    text = tiny_recipe_text(tiny_model_dir, sharegpt_file).replace('use = "lora"\nr = 4\nalpha = 8\ntarget_modules = ["q_proj", "v_proj"]\ngradient_checkpointing = false', 'use = "disconnected"')
+    recipe = load_recipe_text(text, recipe_dir=tmp_path, pm=pm, overrides=["train.max_steps=5"])
+    with pytest.raises(StageError) as info:
+        execute(prepare_run(recipe, pm, tmp_path / "z"))
+    assert info.value.stage == "train" and isinstance(info.value.cause, UserError)
+    assert "the gradient norm is 0 at the first 2 logged steps: nothing is being trained" in str(info.value)

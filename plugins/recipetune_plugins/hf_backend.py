@@ -25,7 +25,7 @@ class HFOptions(Options):
     max_seq_length: int = Field(default=2048, ge=8)
     """Longest sample in tokens; longer samples are truncated."""
     load_in_4bit: bool = False
-    """Quantize weights to 4 bits with bitsandbytes (QLoRA). Needs a CUDA GPU unless ``allow_cpu_4bit``."""
+    """Quantize weights to 4 bits with bitsandbytes (QLoRA). Needs a CUDA GPU."""
     load_in_8bit: bool = False
     """Quantize weights to 8 bits with bitsandbytes."""
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
@@ -34,8 +34,6 @@ class HFOptions(Options):
     """Quantize the quantization constants too (saves ~0.4 bit per weight)."""
     bnb_4bit_compute_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """dtype of the matmuls on 4-bit weights; ``auto`` follows ``dtype``."""
-    allow_cpu_4bit: bool = False
-    """Opt in to bitsandbytes' CPU kernels when there is no CUDA GPU (slow; for trying a QLoRA recipe on a laptop)."""
     trust_remote_code: bool = False
     """Run Python code shipped with the model. Off unless you trust its author."""
     attn_implementation: str | None = "sdpa"
@@ -87,12 +85,13 @@ class HFBackend(Backend):
 
     def preflight(self, recipe):
         o = self.options
-        if (o.load_in_4bit or o.load_in_8bit) and not o.allow_cpu_4bit and not cuda_available():
+        # bitsandbytes 0.50's CPU kernels run a 4-bit forward, but LoRA weights behind them got zero
+        # gradients in a full training run (measured 2026-11-25): no silent CPU fallback.
+        if (o.load_in_4bit or o.load_in_8bit) and not cuda_available():
             key = "load_in_4bit" if o.load_in_4bit else "load_in_8bit"
             bits = "4-bit" if o.load_in_4bit else "8-bit"
             yield Problem(f"load.{key}", f"{bits} loading needs a CUDA GPU and this machine has none; "
-                          f"set load.{key}=false (full precision LoRA), or load.allow_cpu_4bit=true to run "
-                          "bitsandbytes' slow CPU kernels")
+                          f"set load.{key}=false to train LoRA on full-precision weights here, or run on an NVIDIA GPU")
         if (o.load_in_4bit or o.load_in_8bit) and importlib.util.find_spec("bitsandbytes") is None:
             yield Problem("load.load_in_4bit", "bitsandbytes is not installed: pip install 'recipetune[gpu]'")
 

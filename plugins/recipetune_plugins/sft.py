@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from recipetune import Options, Problem, Trainer, TrainResult, hookimpl
+from recipetune import Options, Problem, Trainer, TrainResult, UserError, hookimpl
 
 
 class SFTOptions(Options):
@@ -81,13 +81,28 @@ def keep_metrics_until(run, step: int) -> None:
     write_text(run.metrics_path, "".join(l + "\n" for l in lines))
 
 
+ZERO_GRAD_STEPS = 2
+
+
 def metrics_callback(run):
+    """Forward the trainer's logs to the run, and stop a run whose gradients are zero."""
     from transformers import TrainerCallback
 
     class _ToRun(TrainerCallback):
+        def __init__(self):
+            self.grad_norms: list[float] = []
+
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs:
-                run.log_metrics(state.global_step, logs)
+            if not logs:
+                return
+            run.log_metrics(state.global_step, logs)
+            if "grad_norm" in logs and len(self.grad_norms) < ZERO_GRAD_STEPS:
+                self.grad_norms.append(float(logs["grad_norm"]))
+                if len(self.grad_norms) == ZERO_GRAD_STEPS and all(g == 0.0 for g in self.grad_norms):
+                    raise UserError(
+                        f"the gradient norm is 0 at the first {ZERO_GRAD_STEPS} logged steps: nothing is being trained "
+                        "(the loss does not reach the trainable weights; check adapt.target_modules, the loss masks "
+                        "shown by the format stage, and the backend's quantization)")
 
     return _ToRun()
 
