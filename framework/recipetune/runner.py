@@ -114,12 +114,30 @@ def _attach_log_file(run: Run) -> None:
     run.state["_log_handler"] = handler
 
 
+def _call_stage(run: Run, stage: str, values: dict[str, Any]) -> Any:
+    """Call one stage's hook with what earlier stages produced."""
+    hook = run.pm.hook
+    if stage == "load":
+        run.loaded = hook.load_model(run=run)
+        return run.loaded
+    if stage == "adapt":
+        run.loaded = hook.adapt_model(run=run, loaded=run.loaded)
+        return run.loaded
+    if stage == "format":
+        return hook.format_dataset(run=run, loaded=run.loaded)
+    if stage == "train":
+        return hook.train_model(run=run, loaded=run.loaded, dataset=values["format"])
+    if stage == "report":
+        return hook.write_report(run=run, result=values.get("train"))
+    return hook.export_model(run=run, loaded=run.loaded, result=values.get("train"))
+
+
 def execute(run: Run) -> Run:
     """Call load, adapt, format, train, report, export in order, with lifecycle hooks."""
     hook = run.pm.hook
     seed_everything(run.recipe.seed)
     run.write_json("resolved.json", resolved_document(run))
-    loaded = dataset = result = None
+    values: dict[str, Any] = {}
     try:
         for stage in STAGES:
             if stage == "train" and run.recipe.train is None:
@@ -128,18 +146,7 @@ def execute(run: Run) -> Run:
             started = time.perf_counter()
             run.logger.info("stage %s: started", stage)
             try:
-                if stage == "load":
-                    loaded = run.loaded = hook.load_model(run=run)
-                elif stage == "adapt":
-                    loaded = run.loaded = hook.adapt_model(run=run, loaded=loaded)
-                elif stage == "format":
-                    dataset = hook.format_dataset(run=run, loaded=loaded)
-                elif stage == "train":
-                    result = hook.train_model(run=run, loaded=loaded, dataset=dataset)
-                elif stage == "report":
-                    stage_result = hook.write_report(run=run, result=result)
-                elif stage == "export":
-                    stage_result = hook.export_model(run=run, loaded=loaded, result=result)
+                values[stage] = _call_stage(run, stage, values)
             except Exception as exc:
                 hook.on_stage_error(run=run, stage=stage, error=exc)
                 if isinstance(exc, StageError):
@@ -147,10 +154,9 @@ def execute(run: Run) -> Run:
                 raise _stage_error(run, stage, exc) from exc
             run.timings[stage] = round(time.perf_counter() - started, 3)
             run.logger.info("stage %s: done in %.1f s", stage, run.timings[stage])
-            value = {"load": loaded, "adapt": loaded, "format": dataset, "train": result}.get(stage, None)
-            hook.after_stage_run(run=run, stage=stage, result=value if stage in ("load", "adapt", "format", "train") else stage_result)
+            hook.after_stage_run(run=run, stage=stage, result=values[stage])
         # The report is rewritten after export so it lists the artifacts and their checks.
-        hook.write_report(run=run, result=result)
+        hook.write_report(run=run, result=values.get("train"))
         run.write_json("resolved.json", {**resolved_document(run), "timings": run.timings,
                                           "artifacts": [{"kind": a.kind, "path": str(a.path), **a.details} for a in run.artifacts]})
     finally:
@@ -162,12 +168,12 @@ def execute(run: Run) -> Run:
 
 
 def _stage_error(run: Run, stage: str, exc: Exception) -> StageError:
-    section = run.recipe.format if stage == "format" else None
-    name = plugin = None
+    """Name the component (and its plugin) that a failing stage was running."""
+    recipe = run.recipe
     if stage in STAGE_SECTION and run.section(stage) is not None:
-        sec = run.section(stage)
-        name, plugin = f'{sec.kind} "{sec.use}"', sec.entry.plugin
-    elif stage == "format" and section is not None and run.recipe.standardizer is not None:
-        name = f'dataset format "{run.recipe.standardizer.use}" / chat template "{run.recipe.chat_template.use}"'
-        plugin = f"{run.recipe.standardizer.entry.plugin}, {run.recipe.chat_template.entry.plugin}"
-    return StageError(stage, name, plugin, exc)
+        section = run.section(stage)
+        return StageError(stage, f'{section.kind} "{section.use}"', section.entry.plugin, exc)
+    if stage == "format" and recipe.standardizer is not None and recipe.chat_template is not None:
+        name = f'dataset format "{recipe.standardizer.use}" / chat template "{recipe.chat_template.use}"'
+        return StageError(stage, name, f"{recipe.standardizer.entry.plugin}, {recipe.chat_template.entry.plugin}", exc)
+    return StageError(stage, None, None, exc)
