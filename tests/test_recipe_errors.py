@@ -131,3 +131,23 @@ def test_a_token_in_a_recipe_is_refused_and_never_echoed(recipe_problems):
     problems = recipe_problems(GOOD, overrides=(f"load.model={token}",))
     assert any("<command line>: load.model=***: looks like a secret" in p for p in problems)
     assert token not in "\n".join(problems)
+
+
+def test_a_stage_key_written_under_another_table_gets_a_hint(recipe_problems):
+    [problem] = recipe_problems(GOOD.replace("max_steps = 10", 'max_steps = 10\nreport = ["memory"]'))
+    assert ':17:1: train.report: unknown key for trainer "sft"; a key written after a [table] header belongs to that table' in problem
+
+
+def test_problems_are_sorted_by_line_and_overrides_come_last(recipe_problems):
+    text = GOOD.replace("max_steps = 10", "max_stepz = 10").replace('model = "org/model"', 'model = "org/model"\nbogus = 1')
+    problems = recipe_problems(text, overrides=("unknown.key=1",))
+    assert [p.split(":")[1] for p in problems[:2]] == ["6", "17"]
+    assert problems[2].startswith("<command line>: unknown.key=1: unknown key for a recipe (top level)")
+
+
+def test_a_file_that_is_not_text(cli, tmp_path):
+    path = tmp_path / "binary.toml"
+    path.write_bytes(b"\xff\xfe\x00name")
+    result = cli("validate", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "binary.toml: the recipe is not UTF-8 text" in result.stderr

@@ -23,6 +23,7 @@ STAGE_TABLES: dict[str, str] = {"load": "backend", "adapt": "adapter", "train": 
 STAGE_ARRAYS: dict[str, str] = {"report": "reporter", "export": "exporter"}
 FORMAT_COMPONENTS: dict[str, str] = {"standardizer": "dataset_format", "chat_template": "chat_template"}
 REQUIRED = ("load", "format", "train")
+STAGE_KEYS = {"load", "adapt", "format", "train", "report", "export", "name", "seed"}
 SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_\-]{20,})\b")
 SECRET_KEYS = {"token", "hf_token", "api_key", "password", "secret"}
 
@@ -64,6 +65,9 @@ class _Collector:
                 close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
                 if close:
                     msg += f'; did you mean "{close[0]}"?'
+                elif key in STAGE_KEYS and base:
+                    msg += (f"; a key written after a [table] header belongs to that table: move it above the first "
+                            f"table, or write [{key}] / [[{key}]]")
                 elif known:
                     msg += f"; valid keys: {', '.join(known)}"
             elif kind == "missing":
@@ -90,7 +94,8 @@ def _validate_section(pm: "PluginManager", kind: str, path: PathKey, raw: Any, c
     if isinstance(raw, str):
         raw = {"use": raw}
     if not isinstance(raw, dict):
-        out.add(path, f"expected a table with use = \"...\" (a {label}), got {type(raw).__name__}")
+        article = "an" if label[0] in "aeiou" else "a"
+        out.add(path, f"expected a table with use = \"...\" ({article} {label}), got {type(raw).__name__}")
         return None
     use = raw.get("use")
     if use is None:
@@ -129,6 +134,9 @@ def load_recipe(path: str | Path, overrides: list[str] = (), pm: "PluginManager 
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError([Problem("", f"cannot read the recipe: {exc.strerror or exc}", file=file)]) from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError([Problem("", f"the recipe is not UTF-8 text (byte {exc.start}): a TOML file is expected",
+                                   file=file)]) from None
     return load_recipe_text(text, file=file, recipe_dir=path.resolve().parent, overrides=list(overrides), pm=pm, source=path)
 
 
@@ -208,7 +216,8 @@ def load_recipe_text(
             out.items.append((_path_of(problem.path), problem))
 
     positions = index_positions(text)
-    located = [_locate(p, path, positions, file, parsed) for path, p in out.items]
+    located = sorted((_locate(p, path, positions, file, parsed) for path, p in out.items),
+                     key=lambda p: (p.override is not None, p.line or 0, p.column or 0))
     errors = [p for p in located if p.severity == "error"]
     if errors or recipe is None:
         raise RecipeError(located)
@@ -235,7 +244,9 @@ def _path_of(text: str) -> PathKey:
 
 def _locate(problem: Problem, path: PathKey, positions: dict, file: str, overrides: list[Override]) -> Problem:
     for ov in reversed(overrides):
-        if path[: len(ov.path)] == ov.path and problem.override is None:
+        inside = path[: len(ov.path)] == ov.path
+        above_and_unwritten = ov.path[: len(path)] == path and path not in positions
+        if (inside or above_and_unwritten) and problem.override is None:
             secret = problem.message.startswith("looks like a secret")
             problem.override = ov.text.split("=", 1)[0] + "=***" if secret else ov.text
             return problem
