@@ -1,8 +1,23 @@
-"""Chat templates. ``tokenizer`` keeps the model's own template (SmolLM2's ChatML...)."""
+"""Chat templates: ``tokenizer`` keeps the model's own; the others render each family's official format.
+
+Every template here is written for plain chat (system, user and assistant
+turns) and renders byte-identically to the family's official template for
+such conversations (``tests/test_chat_templates.py`` compares them with the
+official texts rendered by transformers). Tool calls are out of scope. Each
+names its stop token (trained at the end of every assistant turn, written into
+the tokenizer, the generation config and every export) and the special tokens
+it needs (added to a tokenizer that lacks them).
+
+A plugin adds a template the same way: subclass :class:`recipetune.ChatTemplate`
+and ``register`` it from ``register_chat_templates``.
+"""
 
 from __future__ import annotations
 
-from recipetune import ChatTemplate, hookimpl
+import json
+from typing import Any
+
+from recipetune import ChatTemplate, Options, hookimpl
 
 
 class TokenizerTemplate(ChatTemplate):
@@ -11,6 +26,331 @@ class TokenizerTemplate(ChatTemplate):
     name = "tokenizer"
 
 
+# ---------------------------------------------------------------- Llama 3.x
+_LLAMA31 = """\
+{%- if date_string is not defined %}
+    {%- set date_string = @DATE@ %}
+{%- endif %}
+{{- '<|begin_of_text|>' }}
+{%- if messages and messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] | trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = '' %}
+{%- endif %}
+{{- '<|start_header_id|>system<|end_header_id|>\\n\\nCutting Knowledge Date: December 2023\\nToday Date: ' + date_string + '\\n\\n' }}
+{{- system_message + '<|eot_id|>' }}
+{%- for message in messages %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
+{%- endif %}
+"""
+
+
+class Llama31Options(Options):
+    date_string: str = "26 Jul 2024"
+    """The "Today Date" of the system header. Meta's Llama-3.1 template fixes "26 Jul 2024"; the 3.2/3.3
+    templates print the current date (``strftime_now("%d %b %Y")``), which would make every run's data differ:
+    set the date you want here."""
+
+
+class Llama31(ChatTemplate):
+    """Llama 3.1 / 3.2 / 3.3 Instruct: header tokens, ``<|eot_id|>`` ends a turn, and the default system header
+    ("Cutting Knowledge Date: December 2023", "Today Date: ...") that Meta's template always writes."""
+
+    name = "llama-3.1"
+    Options = Llama31Options
+    bos_token = "<|begin_of_text|>"
+    eos_token = "<|eot_id|>"
+    stop_token = "<|eot_id|>"
+    special_tokens = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+
+    @property
+    def template(self) -> str:  # type: ignore[override]
+        return _LLAMA31.replace("@DATE@", json.dumps(self.options.date_string))
+
+
+# ---------------------------------------------------------------- Llama 2, Mistral
+_LLAMA2 = """\
+{%- if messages and messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = none %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- for message in loop_messages %}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif %}
+    {%- set content = message['content'] %}
+    {%- if loop.first and system_message is not none %}
+        {%- set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + content %}
+    {%- endif %}
+    {%- if message['role'] == 'user' %}
+        {{- '<s>[INST] ' + content | trim + ' [/INST]' }}
+    {%- else %}
+        {{- ' ' + content | trim + ' </s>' }}
+    {%- endif %}
+{%- endfor %}
+"""
+
+
+class Llama2(ChatTemplate):
+    """Llama 2 Chat: ``<s>[INST] <<SYS>>...<</SYS>> question [/INST] answer </s>``; no generation prompt of its own."""
+
+    name = "llama-2"
+    bos_token = "<s>"
+    eos_token = "</s>"
+    stop_token = "</s>"
+    special_tokens = ("<s>", "</s>")
+    template = _LLAMA2
+
+
+_MISTRAL = """\
+{{- '<s>' }}
+{%- if messages and messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] + '\\n\\n' %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = '' %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- for message in loop_messages %}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif %}
+    {%- if message['role'] == 'user' %}
+        {{- '[INST] ' + (system_message if loop.first else '') + message['content'] + ' [/INST]' }}
+    {%- else %}
+        {{- message['content'] + '</s>' }}
+    {%- endif %}
+{%- endfor %}
+"""
+
+
+class Mistral(ChatTemplate):
+    """Mistral Instruct v0.1/v0.2: ``<s>[INST] question [/INST]answer</s>``. The official template refuses a
+    system message; this one prefixes it to the first user message (separated by a blank line)."""
+
+    name = "mistral"
+    bos_token = "<s>"
+    eos_token = "</s>"
+    stop_token = "</s>"
+    special_tokens = ("<s>", "</s>")
+    template = _MISTRAL
+
+
+# ---------------------------------------------------------------- ChatML family
+_CHATML = """\
+{%- for message in messages %}
+    {{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+
+class ChatML(ChatTemplate):
+    """ChatML (OpenHermes, SmolLM, many others): ``<|im_start|>role\\ncontent<|im_end|>``."""
+
+    name = "chatml"
+    eos_token = "<|im_end|>"
+    stop_token = "<|im_end|>"
+    special_tokens = ("<|im_start|>", "<|im_end|>")
+    template = _CHATML
+
+
+_QWEN25 = """\
+{%- if messages and messages[0]['role'] == 'system' %}
+    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- for message in loop_messages %}
+    {{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+
+class Qwen25(ChatTemplate):
+    """Qwen 2.5 Instruct: ChatML with Qwen's default system message when the conversation has none."""
+
+    name = "qwen-2.5"
+    eos_token = "<|im_end|>"
+    stop_token = "<|im_end|>"
+    special_tokens = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+    template = _QWEN25
+
+
+# ---------------------------------------------------------------- Gemma, Phi-3, Zephyr
+_GEMMA = """\
+{{- '<bos>' }}
+{%- if messages and messages[0]['role'] == 'system' %}
+    {%- set first_user_prefix = messages[0]['content'] + '\\n\\n' %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set first_user_prefix = '' %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- for message in loop_messages %}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif %}
+    {%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}
+    {{- '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<start_of_turn>model\\n' }}
+{%- endif %}
+"""
+
+
+class Gemma(ChatTemplate):
+    """Gemma, Gemma 2 and Gemma 3 instruction-tuned: ``<start_of_turn>user ... <end_of_turn>``, assistant as
+    ``model``. A system message is put before the first user message, as Gemma 3's template does (Gemma 1/2's
+    refuse one)."""
+
+    name = "gemma"
+    bos_token = "<bos>"
+    eos_token = "<end_of_turn>"
+    stop_token = "<end_of_turn>"
+    special_tokens = ("<bos>", "<start_of_turn>", "<end_of_turn>")
+    template = _GEMMA
+
+
+_PHI3 = """\
+{%- for message in messages %}
+    {%- if message['role'] in ['system', 'user', 'assistant'] %}
+        {{- '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|assistant|>\\n' }}
+{%- else %}
+    {{- '<|endoftext|>' }}
+{%- endif %}
+"""
+
+
+class Phi3(ChatTemplate):
+    """Phi-3 / Phi-3.5 instruct: ``<|user|>\\n...<|end|>``; a finished conversation ends with ``<|endoftext|>``."""
+
+    name = "phi-3"
+    eos_token = "<|endoftext|>"
+    stop_token = "<|end|>"
+    special_tokens = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>")
+    template = _PHI3
+
+
+_ZEPHYR = """\
+{%- for message in messages %}
+    {%- if message['role'] in ['system', 'user', 'assistant'] %}
+        {{- '<|' + message['role'] + '|>\\n' + message['content'] + '</s>\\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt and messages %}
+    {{- '<|assistant|>\\n' }}
+{%- endif %}
+"""
+
+
+class Zephyr(ChatTemplate):
+    """Zephyr (HuggingFaceH4/zephyr-7b-beta, TinyLlama-Chat): ``<|user|>\\n...</s>``."""
+
+    name = "zephyr"
+    bos_token = "<s>"
+    eos_token = "</s>"
+    stop_token = "</s>"
+    special_tokens = ("</s>", "<|system|>", "<|user|>", "<|assistant|>")
+    template = _ZEPHYR
+
+
+# ---------------------------------------------------------------- plain-text formats
+ALPACA_SYSTEM = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+_ALPACA = """\
+{%- if messages and messages[0]['role'] == 'system' %}
+    {{- messages[0]['content'] }}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {{- @SYSTEM@ }}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- for message in loop_messages %}
+    {%- if message['role'] == 'user' %}
+        {{- '\\n\\n### Instruction:\\n' + message['content'] }}
+    {%- elif message['role'] == 'assistant' %}
+        {{- '\\n\\n### Response:\\n' + message['content'] + eos_token }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '\\n\\n### Response:\\n' }}
+{%- endif %}
+""".replace("@SYSTEM@", json.dumps(ALPACA_SYSTEM))
+
+
+class Alpaca(ChatTemplate):
+    """Alpaca's instruction format (alpaca-lora's prompt): the preamble, ``### Instruction:``, ``### Response:``,
+    the answer and the tokenizer's EOS; later turns repeat the two headers."""
+
+    name = "alpaca"
+    template = _ALPACA
+
+
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+_VICUNA = """\
+{%- if messages and messages[0]['role'] == 'system' %}
+    {{- messages[0]['content'] + ' ' }}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {{- @SYSTEM@ + ' ' }}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- for message in loop_messages %}
+    {%- if message['role'] == 'user' %}
+        {{- 'USER: ' + message['content'] + ' ' }}
+    {%- elif message['role'] == 'assistant' %}
+        {{- 'ASSISTANT: ' + message['content'] + eos_token }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- 'ASSISTANT:' }}
+{%- endif %}
+""".replace("@SYSTEM@", json.dumps(VICUNA_SYSTEM))
+
+
+class Vicuna(ChatTemplate):
+    """Vicuna v1.1 (FastChat's ``vicuna_v1.1`` conversation): ``SYSTEM USER: q ASSISTANT: a</s>USER: ...``;
+    the tokenizer's EOS ends an answer."""
+
+    name = "vicuna"
+    template = _VICUNA
+
+
+BUILTIN_TEMPLATES: tuple[type[ChatTemplate], ...] = (
+    TokenizerTemplate, Llama31, Llama2, Mistral, ChatML, Qwen25, Gemma, Phi3, Zephyr, Alpaca, Vicuna)
+
+
+def template_names() -> list[str]:
+    return [cls.name for cls in BUILTIN_TEMPLATES]
+
+
+def describe(template: ChatTemplate, tokenizer: Any = None) -> str:
+    """One line: the template's name and its stop token."""
+    stop = template.stop_token_for(tokenizer) if tokenizer is not None else template.stop_token
+    return f"{template.name} (stop token {stop!r})"
+
+
 @hookimpl
 def register_chat_templates(register):
-    register(TokenizerTemplate)
+    for cls in BUILTIN_TEMPLATES:
+        register(cls)
