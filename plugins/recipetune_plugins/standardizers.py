@@ -1,21 +1,63 @@
-"""Dataset format ``sharegpt``: ``conversations`` of ``{from, value}`` (or ``{role, content}``) turns."""
+"""Dataset formats: turn one raw row into a conversation (``[format] standardizer``).
+
+``sharegpt``          ``conversations`` of ``{from, value}`` turns (FineTome, ShareGPT, SlimOrca)
+``messages``          OpenAI-style ``messages`` of ``{role, content}`` turns
+``alpaca``            ``instruction`` / ``input`` / ``output`` columns
+``prompt_completion`` ``prompt`` / ``completion`` columns (strings or message lists)
+``text``              raw ``text`` for continued pretraining: no chat template, loss on every token
+``auto``              detects one of the above from the first rows and says which it chose
+
+Every column name is an option, so data with other names needs no conversion:
+``standardizer = { use = "alpaca", instruction = "question", output = "answer" }``.
+A row that cannot be read returns ``None`` and is counted as ``malformed``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from recipetune import DatasetFormat, Options, hookimpl
+from recipetune import DatasetFormat, Options, UserError, hookimpl
 
 ROLE_NAMES = {
     "system": "system",
-    "human": "user", "user": "user",
+    "human": "user", "user": "user", "prompter": "user",
     "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant",
+    "model": "assistant",
 }
+"""Role spellings found in the wild -> system, user, assistant."""
+
+TEXT_ROLE = "text"
+"""A conversation ``[{"role": "text", "content": ...}]`` is raw text: the pipeline renders no template for it."""
+
+
+def _turns(turns: Any, role_key: str, content_key: str, roles: dict[str, str]) -> list[dict[str, str]] | None:
+    """Normalise a list of turn dicts; ``None`` when a turn is unreadable or nothing is answered."""
+    if not isinstance(turns, list) or not turns:
+        return None
+    out = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            return None
+        raw_role = turn.get(role_key)
+        role = roles.get(str(raw_role).lower()) if raw_role is not None else None
+        content = turn.get(content_key)
+        if role is None or not isinstance(content, str):
+            return None
+        out.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" for m in out):
+        return None
+    return out
 
 
 class ShareGPTOptions(Options):
     column: str = "conversations"
     """Column holding the list of turns (FineTome-100k: ``conversations``)."""
+    role_key: str = "from"
+    """Key of a turn's speaker (``role`` is read too when this key is missing)."""
+    content_key: str = "value"
+    """Key of a turn's text (``content`` is read too when this key is missing)."""
+    roles: dict[str, str] = {}
+    """Extra speaker names: ``{ bot = "assistant", customer = "user" }`` (human/gpt/system are known)."""
 
 
 class ShareGPT(DatasetFormat):
@@ -24,29 +66,190 @@ class ShareGPT(DatasetFormat):
     name = "sharegpt"
     Options = ShareGPTOptions
 
+    def _roles(self) -> dict[str, str]:
+        return {**ROLE_NAMES, **{k.lower(): v for k, v in self.options.roles.items()}}
+
     def detect(self, row: dict[str, Any]) -> bool:
         turns = row.get(self.options.column)
         return isinstance(turns, list) and bool(turns) and isinstance(turns[0], dict) and (
-            "from" in turns[0] or "role" in turns[0])
+            self.options.role_key in turns[0] or "role" in turns[0])
 
     def standardize(self, row: dict[str, Any]) -> list[dict[str, str]] | None:
         turns = row.get(self.options.column)
-        if not isinstance(turns, list) or not turns:
+        o = self.options
+        if isinstance(turns, list) and turns and isinstance(turns[0], dict) and o.role_key not in turns[0]:
+            return _turns(turns, "role", "content", self._roles())
+        return _turns(turns, o.role_key, o.content_key, self._roles())
+
+
+class MessagesOptions(Options):
+    column: str = "messages"
+    """Column holding the list of ``{role, content}`` messages."""
+    role_key: str = "role"
+    """Key of a message's role."""
+    content_key: str = "content"
+    """Key of a message's text."""
+    roles: dict[str, str] = {}
+    """Extra role names mapped to system, user or assistant."""
+
+
+class Messages(DatasetFormat):
+    """OpenAI-style chat rows: ``messages = [{role, content}, ...]`` with system, user and assistant roles."""
+
+    name = "messages"
+    Options = MessagesOptions
+
+    def detect(self, row: dict[str, Any]) -> bool:
+        turns = row.get(self.options.column)
+        return isinstance(turns, list) and bool(turns) and isinstance(turns[0], dict) and self.options.role_key in turns[0]
+
+    def standardize(self, row: dict[str, Any]) -> list[dict[str, str]] | None:
+        o = self.options
+        return _turns(row.get(o.column), o.role_key, o.content_key,
+                      {**ROLE_NAMES, **{k.lower(): v for k, v in o.roles.items()}})
+
+
+class AlpacaOptions(Options):
+    instruction: str = "instruction"
+    """Column of the instruction (the user's request)."""
+    input: str = "input"
+    """Column of the optional input; when not empty it follows the instruction after a blank line."""
+    output: str = "output"
+    """Column of the answer."""
+    system: str | None = None
+    """Column of a per-row system message, if the data has one."""
+
+
+class Alpaca(DatasetFormat):
+    """Alpaca rows: ``instruction``, optional ``input``, ``output`` -> one user turn and one answer."""
+
+    name = "alpaca"
+    Options = AlpacaOptions
+
+    def detect(self, row: dict[str, Any]) -> bool:
+        return isinstance(row.get(self.options.instruction), str) and isinstance(row.get(self.options.output), str)
+
+    def standardize(self, row: dict[str, Any]) -> list[dict[str, str]] | None:
+        o = self.options
+        instruction, extra, output = row.get(o.instruction), row.get(o.input), row.get(o.output)
+        if not isinstance(instruction, str) or not isinstance(output, str):
             return None
-        out = []
-        for turn in turns:
-            if not isinstance(turn, dict):
-                return None
-            role = ROLE_NAMES.get(str(turn.get("from", turn.get("role", ""))).lower())
-            content = turn.get("value", turn.get("content"))
-            if role is None or not isinstance(content, str):
-                return None
-            out.append({"role": role, "content": content})
-        if not any(m["role"] == "assistant" for m in out):
+        if extra is not None and not isinstance(extra, str):
             return None
-        return out
+        user = instruction + ("\n\n" + extra if extra and extra.strip() else "")
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+        system = row.get(o.system) if o.system else None
+        if isinstance(system, str) and system.strip():
+            messages.insert(0, {"role": "system", "content": system})
+        return messages
+
+
+class PromptCompletionOptions(Options):
+    prompt: str = "prompt"
+    """Column of the prompt: a string, or a list of ``{role, content}`` messages (TRL's conversational form)."""
+    completion: str = "completion"
+    """Column of the completion: a string, or a list of assistant messages."""
+    system: str | None = None
+    """Column of a per-row system message, if the data has one."""
+
+
+class PromptCompletion(DatasetFormat):
+    """Prompt/completion rows (TRL's format): the prompt is the user's turn, the completion the answer."""
+
+    name = "prompt_completion"
+    Options = PromptCompletionOptions
+
+    def detect(self, row: dict[str, Any]) -> bool:
+        return self.options.prompt in row and self.options.completion in row
+
+    def _part(self, value: Any, role: str) -> list[dict[str, str]] | None:
+        if isinstance(value, str):
+            return [{"role": role, "content": value}]
+        if isinstance(value, list) and value:
+            turns = []
+            for turn in value:
+                if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
+                    return None
+                mapped = ROLE_NAMES.get(str(turn.get("role", role)).lower())
+                if mapped is None:
+                    return None
+                turns.append({"role": mapped, "content": turn["content"]})
+            return turns
+        return None
+
+    def standardize(self, row: dict[str, Any]) -> list[dict[str, str]] | None:
+        o = self.options
+        prompt = self._part(row.get(o.prompt), "user")
+        completion = self._part(row.get(o.completion), "assistant")
+        if prompt is None or completion is None or not any(m["role"] == "assistant" for m in completion):
+            return None
+        messages = prompt + completion
+        system = row.get(o.system) if o.system else None
+        if isinstance(system, str) and system.strip() and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": system})
+        return messages
+
+
+class TextOptions(Options):
+    column: str = "text"
+    """Column of the raw text."""
+    add_eos: bool = True
+    """End each text with the tokenizer's EOS token, so documents are separated."""
+
+
+class Text(DatasetFormat):
+    """Raw text for continued pretraining: no chat template; the loss is taken on every token."""
+
+    name = "text"
+    Options = TextOptions
+
+    def detect(self, row: dict[str, Any]) -> bool:
+        return isinstance(row.get(self.options.column), str)
+
+    def standardize(self, row: dict[str, Any]) -> list[dict[str, str]] | None:
+        text = row.get(self.options.column)
+        if not isinstance(text, str) or not text.strip():
+            return None
+        return [{"role": TEXT_ROLE, "content": text, "add_eos": self.options.add_eos}]  # type: ignore[dict-item]
+
+
+class AutoOptions(Options):
+    sample_rows: int = 20
+    """How many of the first rows to look at."""
+
+
+class Auto(DatasetFormat):
+    """Detects the format from the first rows (sharegpt, messages, alpaca, prompt_completion, text, in that order)
+    and says which it chose. Name the format explicitly when its columns have other names."""
+
+    name = "auto"
+    Options = AutoOptions
+    CANDIDATES: tuple[type[DatasetFormat], ...] = (ShareGPT, Messages, Alpaca, PromptCompletion, Text)
+
+    def resolve(self, rows: list[dict[str, Any]]) -> DatasetFormat:
+        """The format that reads most of the first rows (ties go to the earlier candidate)."""
+        sample = rows[: self.options.sample_rows]
+        best, best_score = None, 0
+        for cls in self.CANDIDATES:
+            fmt = cls()
+            score = sum(1 for row in sample if fmt.detect(row) and fmt.standardize(row))
+            if score > best_score:
+                best, best_score = fmt, score
+        if best is None:
+            columns = ", ".join(sorted(rows[0])) if rows else "(no rows)"
+            raise UserError(f"format.standardizer = \"auto\" recognised none of {', '.join(c.name for c in self.CANDIDATES)} "
+                            f"in the first {len(sample)} rows (columns: {columns}); name the format and its columns, "
+                            "e.g. standardizer = { use = \"alpaca\", instruction = \"question\", output = \"answer\" }")
+        return best
+
+    def standardize(self, row: dict[str, Any]) -> list[dict[str, str]] | None:  # pragma: no cover - resolved first
+        raise RuntimeError("the auto format is resolved from the first rows before standardizing")
+
+
+BUILTIN_FORMATS: tuple[type[DatasetFormat], ...] = (ShareGPT, Messages, Alpaca, PromptCompletion, Text, Auto)
 
 
 @hookimpl
 def register_dataset_formats(register):
-    register(ShareGPT)
+    for cls in BUILTIN_FORMATS:
+        register(cls)

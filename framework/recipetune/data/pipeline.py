@@ -1,20 +1,33 @@
-"""The format stage: rows -> conversations -> rendered text -> tokens with loss masks."""
+"""The format stage: rows -> conversations -> row operations -> rendered text -> tokens with loss masks.
+
+:func:`build_dataset` does everything without a run (``recipe data`` uses it);
+:func:`format_for_training` is the default ``format`` stage. Rendering and
+tokenizing run in ``format.num_proc`` processes (:mod:`.encode`); the result
+is cached (:mod:`.cache`) under a key of the data, the format options and the
+tokenizer, so a second run with the same recipe reuses it.
+"""
 
 from __future__ import annotations
 
+import logging
 import random
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..components import ChatTemplate, DatasetFormat, FormattedDataset
 from ..problems import UserError
+from .encode import EncodeSettings, encode_conversations, encode_one
+from .ops import Record, apply_ops
+from .samples import IGNORE, SampleTable
 from .sources import read_rows
-from .templating import assistant_spans, render
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..recipe.model import Recipe
     from ..run import Run
 
-IGNORE = -100
+log = logging.getLogger("recipetune")
+
+SPLITS = ("train", "validation", "test")
 
 
 def prepare_tokenizer(template: ChatTemplate, tokenizer: Any, model: Any = None) -> str:
@@ -29,7 +42,7 @@ def prepare_tokenizer(template: ChatTemplate, tokenizer: Any, model: Any = None)
     missing = [t for t in template.special_tokens if t not in vocab]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing})
-        if model is not None:
+        if model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
     tokenizer.chat_template = text
     stop = template.stop_token_for(tokenizer)
@@ -44,94 +57,237 @@ def prepare_tokenizer(template: ChatTemplate, tokenizer: Any, model: Any = None)
             ids = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id] if gen.eos_token_id is not None else []
             gen.eos_token_id = [stop_id] + [i for i in ids if i != stop_id]
             gen.pad_token_id = tokenizer.pad_token_id
+        config = getattr(model, "config", None)
+        if config is not None and getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = tokenizer.pad_token_id
     return text
 
 
-def template_variables(tokenizer: Any) -> dict[str, Any]:
-    return {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
+def template_variables(tokenizer: Any, template: ChatTemplate | None = None) -> dict[str, Any]:
+    """``bos_token`` / ``eos_token`` for rendering: the template's own when it names them, else the tokenizer's."""
+    bos = (template.bos_token if template is not None else None) or tokenizer.bos_token or ""
+    eos = (template.eos_token if template is not None else None) or tokenizer.eos_token or ""
+    return {"bos_token": bos, "eos_token": eos}
 
 
 def tokenize_conversation(tokenizer: Any, template_text: str, messages: list[dict[str, str]],
-                          train_on: str, max_len: int) -> dict[str, Any]:
+                          train_on: str, max_len: int, variables: dict[str, Any] | None = None) -> dict[str, Any]:
     """One sample: ``input_ids``, ``attention_mask``, ``labels`` (``-100`` where no loss), ``text``."""
-    variables = template_variables(tokenizer)
-    if train_on == "assistant":
-        text, spans = assistant_spans(template_text, messages, **variables)
-    else:
-        text, spans = render(template_text, messages, **variables), None
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=max_len)
-    ids = list(enc["input_ids"])
-    if spans is None:
-        labels = list(ids)
-    else:
-        labels = [tok if any(a <= start < b for a, b in spans) else IGNORE
-                  for tok, (start, _end) in zip(ids, enc["offset_mapping"])]
-    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels, "text": text}
+    settings = EncodeSettings(template_text, variables or template_variables(tokenizer), train_on, max_len, "truncate")
+    return encode_one(tokenizer, settings, messages)
 
 
-def standardize_rows(rows: list[dict[str, Any]], fmt: DatasetFormat) -> tuple[list[list[dict[str, str]]], int]:
-    conversations, dropped = [], 0
-    for row in rows:
-        conv = fmt.standardize(row)
+# ---------------------------------------------------------------- reading and standardizing
+def _resolve_format(fmt: DatasetFormat, rows: list[dict[str, Any]]) -> DatasetFormat:
+    """``auto`` (any format with a ``resolve(rows)`` method) picks the concrete format from the first rows."""
+    resolve = getattr(fmt, "resolve", None)
+    return resolve(rows) if callable(resolve) else fmt
+
+
+def _standardize(rows: list[dict[str, Any]], fmt: DatasetFormat, dropped: dict[str, int]) -> list[Record]:
+    records = []
+    for i, row in enumerate(rows):
+        try:
+            conv = fmt.standardize(row)
+        except Exception:  # a format plugin choking on a strange row: count it, do not stop
+            conv = None
         if conv:
-            conversations.append(conv)
+            records.append(Record(i, row, conv))
         else:
-            dropped += 1
-    return conversations, dropped
+            dropped["malformed"] = dropped.get("malformed", 0) + 1
+    return records
 
 
-def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_length: int | None = None) -> FormattedDataset:
-    """Everything the format stage does, usable without a run (``recipe data``)."""
+def _max_len(recipe: "Recipe", max_seq_length: int | None) -> int:
+    return (recipe.format.max_seq_length or max_seq_length
+            or recipe.load.options.model_dump().get("max_seq_length") or 2048)
+
+
+def _num_proc(fmt) -> int:
+    import os
+
+    return fmt.num_proc or max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_length: int | None = None, *,
+                  limit: int | None = None, progress: bool | None = None, use_cache: bool | None = None,
+                  keep_dropped: int = 0) -> FormattedDataset:
+    """Everything the format stage does, usable without a run (``recipe data``).
+
+    ``limit`` caps the rows read (after ``format.limit``); ``progress`` shows a
+    progress bar (default: when stderr is a terminal); ``use_cache`` overrides
+    ``format.cache``; ``keep_dropped`` keeps that many examples of dropped
+    samples per reason in ``stats["dropped_examples"]``.
+    """
+    from . import cache as data_cache
+
+    started = time.perf_counter()
     fmt = recipe.format
+    template = recipe.chat_template.component
+    tokenizer_key = data_cache.tokenizer_fingerprint(tokenizer)
+    variables = template_variables(tokenizer, template)
+    template_text = prepare_tokenizer(template, tokenizer, model)
+    max_len = _max_len(recipe, max_seq_length)
+    split_seed = fmt.split_seed if fmt.split_seed is not None else recipe.seed
+    caching = fmt.cache if use_cache is None else use_cache
+    key = data_cache.cache_key(recipe, tokenizer_key, template_text, variables, max_len, limit) if caching else None
+    if key is not None:
+        hit = data_cache.load(key)
+        if hit is not None:
+            tables, stats = hit
+            stats = {**stats, "cache": "hit", "seconds": round(time.perf_counter() - started, 2)}
+            return _formatted(tables, template, stats)
+
+    dropped: dict[str, int] = {}
+    fmt_component = recipe.standardizer.component
     rows = read_rows(fmt.dataset, fmt.split, fmt.subset)
     total = len(rows)
     if fmt.shuffle_seed is not None:
         random.Random(fmt.shuffle_seed).shuffle(rows)
     if fmt.limit is not None:
         rows = rows[: fmt.limit]
-    conversations, malformed = standardize_rows(rows, recipe.standardizer.component)
-    if not conversations:
-        raise UserError(f"format.dataset {fmt.dataset}: no row could be read as {recipe.standardizer.use!r} "
-                        f"({len(rows)} rows, all malformed); check format.standardizer")
-    template = recipe.chat_template.component
-    template_text = prepare_tokenizer(template, tokenizer, model)
-    max_len = fmt.max_seq_length or max_seq_length or recipe.load.options.model_dump().get("max_seq_length") or 2048
-    samples = [tokenize_conversation(tokenizer, template_text, conv, fmt.train_on, max_len) for conv in conversations]
-    untrained = [s for s in samples if all(l == IGNORE for l in s["labels"])]
-    if len(untrained) == len(samples):
-        example = untrained[0]["text"][:300]
-        raise UserError(f"none of the {len(samples)} samples has a token to train on (format.train_on = {fmt.train_on!r}); "
-                        f"example sample:\n{example}")
-    samples = [s for s in samples if any(l != IGNORE for l in s["labels"])]
-    validation = None
-    if fmt.validation_fraction > 0:
-        order = list(range(len(samples)))
-        random.Random(recipe.seed).shuffle(order)
-        n_val = max(1, int(len(samples) * fmt.validation_fraction))
-        validation = [samples[i] for i in sorted(order[:n_val])]
-        samples = [samples[i] for i in sorted(order[n_val:])]
+    if limit is not None:
+        rows = rows[:limit]
+    if not rows:
+        raise UserError(f"format.dataset {fmt.dataset}: no rows in split {fmt.split!r}")
+    chosen = _resolve_format(fmt_component, rows)
+    if chosen is not fmt_component:
+        log.info("format.standardizer auto: the rows look like %r; using it", chosen.name)
+    parts: dict[str, list[Record]] = {"train": _standardize(rows, chosen, dropped)}
+    if not parts["train"]:
+        raise UserError(f"format.dataset {fmt.dataset}: no row could be read as {chosen.name!r} "
+                        f"({len(rows)} rows, all malformed; columns of the first: {', '.join(sorted(rows[0]))}); "
+                        "check format.standardizer and its column options")
+    parts["train"] = apply_ops(parts["train"], fmt.ops, recipe.seed, dropped)
+    for name, split in (("validation", fmt.validation_split), ("test", fmt.test_split)):
+        if split:
+            extra = read_rows(fmt.dataset, split, fmt.subset)
+            parts[name] = apply_ops(_standardize(extra[:limit] if limit else extra, chosen, {}), fmt.ops, recipe.seed, {})
+
+    settings = EncodeSettings(template_text, variables, fmt.train_on, max_len, fmt.too_long)
+    conversations = [rec.messages for name in parts for rec in parts[name]]
+    owner = [name for name in parts for _ in parts[name]]
+    if progress is None:
+        import sys
+
+        progress = sys.stderr.isatty()
+    encoded = encode_conversations(tokenizer, settings, conversations, num_proc=_num_proc(fmt), progress=progress)
+    for reason, count in encoded.dropped.items():
+        dropped[reason] = dropped.get(reason, 0) + count
+    kept_owner = [owner[i] for i in encoded.kept_index]
+    tables = {name: encoded.table.select([j for j, o in enumerate(kept_owner) if o == name]) for name in parts}
+
+    if len(tables["train"]) == 0:
+        reason = max(encoded.dropped, key=encoded.dropped.get) if encoded.dropped else "?"
+        example = encoded.examples.get("no_trained_tokens") or encoded.examples.get(reason) or ""
+        if reason == "no_trained_tokens" or "no_trained_tokens" in encoded.dropped:
+            raise UserError(
+                f"none of the {len(conversations)} samples has a token to train on (format.train_on = {fmt.train_on!r}, "
+                f"{encoded.dropped.get('no_trained_tokens', 0)} without trained tokens); check the chat template "
+                f"and format.max_seq_length. Example sample:\n{example[:400]}")
+        raise UserError(f"no sample is left to train on: {', '.join(f'{k} {v}' for k, v in sorted(dropped.items()))}; "
+                        f"example of a dropped sample ({reason}):\n{example[:400]}")
+
+    for name, fraction in (("validation", fmt.validation_fraction), ("test", fmt.test_fraction)):
+        if fraction > 0:
+            train = tables["train"]
+            order = list(range(len(train)))
+            random.Random(f"{split_seed}-{name}").shuffle(order)
+            n_held = max(1, int(len(train) * fraction))
+            if n_held >= len(train):
+                raise UserError(f"format.{name}_fraction = {fraction} leaves no sample to train on ({len(train)} samples)")
+            tables[name] = train.select(sorted(order[:n_held]))
+            tables["train"] = train.select(sorted(order[n_held:]))
+
+    stats = _stats(tables, template, tokenizer, total=total, read=len(rows), standardizer=chosen.name,
+                   dropped=dropped, truncated=encoded.truncated, max_len=max_len)
+    stats["cache"] = "miss" if key is not None else "off"
+    stats["seconds"] = round(time.perf_counter() - started, 2)
+    if keep_dropped:
+        stats["dropped_examples"] = {k: v for k, v in encoded.examples.items()}
+    if key is not None:
+        data_cache.save(key, tables, {k: v for k, v in stats.items() if k != "dropped_examples"})
+    return _formatted(tables, template, stats)
+
+
+def _formatted(tables: dict[str, SampleTable], template: ChatTemplate, stats: dict[str, Any]) -> FormattedDataset:
+    dataset = FormattedDataset(train=tables["train"], validation=tables.get("validation") or None,  # type: ignore[arg-type]
+                               chat_template=template, stats=stats)
+    dataset.test = tables.get("test") or None  # type: ignore[attr-defined]
+    return dataset
+
+
+def _stats(tables: dict[str, SampleTable], template: ChatTemplate, tokenizer: Any, *, total: int, read: int,
+           standardizer: str, dropped: dict[str, int], truncated: int, max_len: int) -> dict[str, Any]:
+    import numpy as np
+
+    train = tables["train"]
     stop = template.stop_token_for(tokenizer)
     stop_id = tokenizer.convert_tokens_to_ids(stop) if stop else None
-    stop_trained = sum(1 for s in samples if stop_id is not None and stop_id in s["labels"])
-    lengths = [len(s["input_ids"]) for s in samples]
-    stats = {
-        "rows": total, "read": len(rows), "malformed": malformed, "no_trained_tokens": len(untrained),
-        "samples": len(samples), "validation": len(validation or []), "stop_token": stop,
-        "samples_with_trained_stop_token": stop_trained,
-        "tokens": sum(lengths), "trained_tokens": sum(sum(1 for l in s["labels"] if l != IGNORE) for s in samples),
-        "max_length": max(lengths), "mean_length": round(sum(lengths) / len(lengths), 1), "max_seq_length": max_len,
+    if stop_id is not None and stop_id == getattr(tokenizer, "unk_token_id", object()):
+        stop_id = None
+    all_tables = [t for t in tables.values() if len(t)]
+    lengths = np.concatenate([t.lengths for t in all_tables])
+    trained = (train.labels != IGNORE)
+    stop_trained = 0
+    if stop_id is not None:
+        hits = (train.labels == stop_id).astype(np.int64)
+        sums = np.concatenate([[0], np.cumsum(hits)])
+        stop_trained = int(((sums[train.offsets[1:]] - sums[train.offsets[:-1]]) > 0).sum())
+    stats: dict[str, Any] = {
+        "rows": total, "read": read, "standardizer": standardizer, "samples": len(train),
+        "validation": len(tables.get("validation") or ()), "test": len(tables.get("test") or ()),
+        "kept": sum(len(t) for t in tables.values()),
     }
-    return FormattedDataset(train=samples, validation=validation, chat_template=template, stats=stats)
+    for reason in ("malformed", "filtered", "empty", "duplicate", "limit", "template_error", "too_long",
+                   "no_trained_tokens"):
+        if dropped.get(reason):
+            stats[f"dropped_{reason}"] = dropped[reason]
+    stats.update({
+        "truncated": truncated, "stop_token": stop, "stop_token_id": stop_id,
+        "samples_with_trained_stop_token": stop_trained,
+        "tokens": int(train.lengths.sum()), "trained_tokens": int(trained.sum()),
+        "max_length": int(lengths.max()), "mean_length": round(float(lengths.mean()), 1), "max_seq_length": max_len,
+    })
+    # the older key, kept for readers of format_stats
+    stats["malformed"] = dropped.get("malformed", 0)
+    stats["no_trained_tokens"] = dropped.get("no_trained_tokens", 0)
+    return stats
+
+
+def check_stop_token(stats: dict[str, Any], train_on: str) -> str | None:
+    """A loud warning when the stop token is not trained: the model would never learn to stop."""
+    stop = stats.get("stop_token")
+    if not stop:
+        return None
+    if stats.get("stop_token_id") is None:
+        return (f"WARNING: the stop token {stop!r} is not a single token of the tokenizer: the model cannot learn to "
+                "stop. Use a chat template whose stop token the tokenizer has (or that adds it).")
+    if stats.get("samples_with_trained_stop_token", 0) == 0:
+        return (f"WARNING: the stop token {stop!r} is not among the trained tokens of any sample "
+                f"(format.train_on = {train_on!r}): the fine-tuned model will not learn to stop and will ramble "
+                "(the \"never stops\" failure of GGUF exports in llama.cpp and Ollama). Check that the chat template "
+                "writes the stop token at the end of assistant turns, and format.max_seq_length.")
+    untruncated = stats.get("samples", 0) - stats.get("truncated", 0)
+    if untruncated > 0 and stats["samples_with_trained_stop_token"] < 0.5 * untruncated:
+        return (f"WARNING: the stop token {stop!r} is trained in only {stats['samples_with_trained_stop_token']} of "
+                f"{stats['samples']} samples: the model may not learn to stop.")
+    return None
 
 
 def format_for_training(run: "Run", loaded) -> FormattedDataset:
     dataset = build_dataset(run.recipe, loaded.tokenizer, loaded.model, loaded.max_seq_length)
     stats = dataset.stats
-    run.logger.info("format: %d samples (%d tokens, %d trained) from %d rows; %d malformed, %d without trained tokens",
-                    stats["samples"], stats["tokens"], stats["trained_tokens"], stats["read"],
-                    stats["malformed"], stats["no_trained_tokens"])
-    if run.recipe.format.train_on == "assistant" and stats["stop_token"] and stats["samples_with_trained_stop_token"] == 0:
-        run.logger.warning("WARNING: the stop token %r is not trained in any sample: the model will not learn to stop",
-                           stats["stop_token"])
+    dropped = ", ".join(f"{k[len('dropped_'):]} {v}" for k, v in stats.items() if k.startswith("dropped_")) or "none"
+    run.logger.info("format: %d samples (%d tokens, %d trained; %d validation, %d test) from %d rows as %s; "
+                    "dropped: %s; truncated %d; cache %s, %.1f s",
+                    stats["samples"], stats["tokens"], stats["trained_tokens"], stats["validation"], stats["test"],
+                    stats["read"], stats["standardizer"], dropped, stats["truncated"], stats["cache"], stats["seconds"])
+    warning = check_stop_token(stats, run.recipe.format.train_on)
+    if warning:
+        run.logger.warning("%s", warning)
+        stats["stop_token_warning"] = warning
     run.state["format_stats"] = stats
+    if getattr(dataset, "test", None):
+        run.state["test_dataset"] = dataset.test
     return dataset

@@ -2,14 +2,17 @@
 
 Templates are untrusted text (they come with downloaded tokenizers), so they
 render in Jinja's ``ImmutableSandboxedEnvironment``: no attribute access to
-Python internals, no mutation of the objects passed in.
+Python internals, no mutation of the objects passed in. The environment is
+configured as transformers configures its own (``trim_blocks``,
+``lstrip_blocks``, ``raise_exception``, ``strftime_now``, ``tojson``), so a
+template renders here exactly as ``apply_chat_template`` renders it.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from jinja2 import TemplateError
 from jinja2.ext import Extension, loopcontrols
@@ -53,7 +56,20 @@ def render(template: str, messages: list[dict[str, Any]], add_generation_prompt:
     return compile_template(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
 
 
-def assistant_spans(template: str, messages: list[dict[str, Any]], **variables: Any) -> tuple[str, list[tuple[int, int]]]:
+class Span(NamedTuple):
+    """Characters ``[start, end)`` of one assistant turn in a rendering.
+
+    ``exact`` is False when the template writes something after the last turn
+    only (Phi-3's final ``<|endoftext|>``): the end was found where two
+    renderings part, and only tokens wholly inside the span belong to it.
+    """
+
+    start: int
+    end: int
+    exact: bool = True
+
+
+def assistant_spans(template: str, messages: list[dict[str, Any]], **variables: Any) -> tuple[str, list[Span]]:
     """The full rendering and the character spans of every assistant turn in it.
 
     A span runs from the end of the generation prompt before an assistant turn
@@ -62,16 +78,29 @@ def assistant_spans(template: str, messages: list[dict[str, Any]], **variables: 
     renderings are not prefixes of each other (one that rewrites earlier turns)
     raises ``ValueError``: its masks could not be trusted.
     """
-    full = render(template, messages, **variables)
-    spans: list[tuple[int, int]] = []
+    compiled = compile_template(template)
+
+    def draw(upto: int, prompt: bool) -> str:
+        return compiled.render(messages=messages[:upto], add_generation_prompt=prompt, **variables)
+
+    full = draw(len(messages), False)
+    spans: list[Span] = []
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
-        before = render(template, messages[:i], add_generation_prompt=True, **variables)
-        through = render(template, messages[: i + 1], **variables)
-        if not full.startswith(through) or not through.startswith(before):
+        before = draw(i, True)
+        through = full if i == len(messages) - 1 else draw(i + 1, False)
+        if not full.startswith(before) or not through.startswith(before):
             raise ValueError("the chat template renders earlier turns differently as the conversation grows; "
                              "assistant-only masks cannot be computed for it (set format.train_on = \"all\")")
-        if len(through) > len(before):
-            spans.append((len(before), len(through)))
+        if full.startswith(through):
+            end, exact = len(through), True
+        else:  # something written only after the last turn: the turn ends where the renderings part
+            end = len(before)
+            limit = min(len(through), len(full))
+            while end < limit and through[end] == full[end]:
+                end += 1
+            exact = False
+        if end > len(before):
+            spans.append(Span(len(before), end, exact))
     return full, spans

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..data.ops import Op
 
 from .types import PathOrHubId, RecipePath
 
@@ -31,7 +33,12 @@ class RecipeHeader(BaseModel):
 
 
 class FormatTable(BaseModel):
-    """``[format]``: where the data comes from and how it becomes training samples."""
+    """``[format]``: where the data comes from and how it becomes training samples.
+
+    Rows are read, standardized into conversations, passed through ``ops`` in
+    order, rendered with the chat template, tokenized with loss masks, checked
+    and split (see ``docs/data.md``).
+    """
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -42,19 +49,46 @@ class FormatTable(BaseModel):
     subset: str | None = None
     """Dataset configuration name on the Hub, when it has several."""
     limit: int | None = Field(default=None, ge=1)
-    """Keep at most this many rows (after shuffling, when ``shuffle_seed`` is set)."""
+    """Keep at most this many rows (after shuffling, when ``shuffle_seed`` is set; before ``ops``)."""
     shuffle_seed: int | None = None
     """Shuffle rows with this seed before ``limit``; unset keeps file order."""
     standardizer: Any = "sharegpt"
-    """Dataset format: a name (``"sharegpt"``) or a table ``{use = "sharegpt", ...}`` with that format's options."""
+    """Dataset format: a name (``"sharegpt"``, ``"auto"``...) or a table ``{use = "alpaca", ...}`` with that format's options."""
     chat_template: Any = "tokenizer"
     """Chat template: a name (``"llama-3.1"``, ``"tokenizer"`` keeps the model's own) or a table with ``use``."""
+    ops: list[Op] = Field(default_factory=list)
+    """Row operations, in order (``[[format.ops]]`` tables with ``op = ...``): system_prompt, filter, drop_empty,
+    dedupe, shuffle, limit."""
     train_on: Literal["assistant", "all"] = "assistant"
     """Take the loss on assistant turns only (default) or on every token."""
     max_seq_length: int | None = Field(default=None, ge=8)
-    """Truncate samples to this many tokens; default: ``load.max_seq_length``."""
+    """Longest sample in tokens; default: ``load.max_seq_length``."""
+    too_long: Literal["truncate", "drop"] = "truncate"
+    """What happens to a sample longer than ``max_seq_length``: cut it, or drop it (both are counted)."""
     validation_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
-    """Hold out this fraction of rows (seeded by ``seed``) as a validation set."""
+    """Hold out this fraction of samples (seeded by ``split_seed``) as a validation set."""
+    test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Hold out this fraction of samples (seeded by ``split_seed``) as a test set (not trained on)."""
+    validation_split: str | None = None
+    """Use this named split of the dataset (e.g. ``"test"``) as the validation set instead of a fraction."""
+    test_split: str | None = None
+    """Use this named split of the dataset as the test set instead of a fraction."""
+    split_seed: int | None = None
+    """Seed of the train/validation/test split by fraction; default: the recipe's ``seed``."""
+    num_proc: int | None = Field(default=None, ge=1)
+    """Processes that render and tokenize (default: every core, at most 8)."""
+    cache: bool = True
+    """Reuse the formatted data of an earlier run with the same data, format options and tokenizer."""
+
+    @model_validator(mode="after")
+    def _check_splits(self) -> "FormatTable":
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            raise ValueError("validation_fraction + test_fraction must leave rows to train on (sum < 1)")
+        if self.validation_split and self.validation_fraction:
+            raise ValueError("set validation_split or validation_fraction, not both")
+        if self.test_split and self.test_fraction:
+            raise ValueError("set test_split or test_fraction, not both")
+        return self
 
 
 @dataclass
