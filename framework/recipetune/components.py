@@ -105,6 +105,8 @@ class Artifact:
     path: Path
     description: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    report: str = ""
+    """Markdown shown under this artifact in ``report.md`` (e.g. the checks an exporter ran)."""
 
 
 @dataclass

@@ -79,6 +79,7 @@ def write_report(run: "Run", result: "TrainResult | None") -> Path:
         for a in run.artifacts:
             rel = a.path.relative_to(run.output_dir) if a.path.is_relative_to(run.output_dir) else a.path
             lines.append(f"- **{a.kind}**: `{rel}` — {a.description}")
+            lines += [f"  {line}" for line in a.report.splitlines()]
         lines.append("")
     path = run.output_dir / "report.md"
     atomic.write_text(path, "\n".join(lines))

@@ -1,0 +1,189 @@
+"""Check a GGUF file against the transformers model it came from, on the CPU.
+
+For each fixed prompt, rendered with the chat template: the token ids of both
+tokenizers, the greedy continuation of both models, and next-token top-1
+agreement along transformers' greedy answer (teacher-forced). Tokenizer parity
+is also checked on strings chosen to break tokenizers (unicode, whitespace
+runs, digits, special tokens).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+DEFAULT_PROMPTS = [
+    "What is the capital of France?",
+    "Write one sentence about the sea.",
+    "Count from 1 to 10: 1, 2, 3,",
+    "Résumé of a naïve café — 数字 12345 and 3.14159, tabs\tand  double  spaces.",
+]
+
+PARITY_STRINGS = [
+    "Hello world", " leading space", "trailing space ", "  two leading spaces", "multiple   inner    spaces",
+    "tabs\tand\nnewlines\n\n\nand\r\nwindows", "digits 0 12 345 6789 1234567890 3.14159 -42 1e-5",
+    "Ünïcödé àéîõü ß Ø œ", "emoji 🙂👍🏽🚀 and ZWJ 👩‍💻", "中文 日本語 한국어 العربية עברית हिन्दी",
+    "code: def f(x):\n    return x ** 2  # comment", "URLs https://example.com/a?b=c&d=e#f", "punctuation!?...;:'\"()[]{}<>",
+    "it's they're we've I'm you'll he'd", "CamelCaseWords and snake_case_words", "",
+]
+
+FLOAT_TIE_MARGIN = {"f32": 1e-3, "f16": 1e-2, "bf16": 5e-2}
+"""A float file may take a different greedy token only where transformers' top two logits are this close."""
+
+MIN_TOP1 = {"q8_0": 0.95, "q6_k": 0.93, "q5_k_m": 0.90, "q5_k_s": 0.90, "q5_0": 0.90, "q4_k_m": 0.85,
+            "q4_k_s": 0.85, "q4_0": 0.85, "q3_k_m": 0.75, "q2_k": 0.60}
+"""Stated tolerance for quantized files: minimum next-token top-1 agreement with transformers."""
+
+
+@dataclass
+class PromptCheck:
+    prompt: str
+    tokens_equal: bool
+    greedy_equal: bool
+    top1_agreement: float
+    hf_answer: str
+    gguf_answer: str
+    first_difference: int | None = None
+    near_tie: bool = False
+    hf_ids: list[int] = field(default_factory=list, repr=False)
+    gguf_ids: list[int] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class Verification:
+    file: str
+    type: str
+    prompts: list[PromptCheck]
+    parity_failures: list[str]
+    top1_agreement: float
+    passed: bool
+    required: str
+
+    @property
+    def greedy_equal(self) -> int:
+        return sum(p.greedy_equal for p in self.prompts)
+
+    def summary(self) -> str:
+        tie = sum(p.near_tie for p in self.prompts)
+        tok = f"tokenizer parity {len(PARITY_STRINGS) - len(self.parity_failures)}/{len(PARITY_STRINGS)} strings"
+        return (f"greedy equal on {self.greedy_equal}/{len(self.prompts)} prompts"
+                + (f" ({tie} differ only at a near-tie)" if tie else "")
+                + f", top-1 agreement {self.top1_agreement:.3f}, {tok}; required: {self.required} -> "
+                + ("PASS" if self.passed else "FAIL"))
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for p in data["prompts"]:
+            p.pop("hf_ids"), p.pop("gguf_ids")
+        return data
+
+
+@contextmanager
+def quiet_native_output() -> Iterator[None]:
+    """Silence what llama.cpp's C++ code prints on file descriptors 1 and 2."""
+    import sys
+
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1), os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+def open_llama(path: Path, n_ctx: int = 1024, threads: int | None = None, logits_all: bool = False):
+    """A llama-cpp-python model on the CPU with the thread count set explicitly."""
+    import llama_cpp
+
+    with quiet_native_output():
+        return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count() or 1,
+                               n_threads_batch=threads or os.cpu_count() or 1, n_gpu_layers=0,
+                               logits_all=logits_all, verbose=False, seed=0)
+
+
+def _greedy_llama(llm: Any, prompt_ids: list[int], max_new: int, stops: set[int]) -> list[int]:
+    import numpy as np
+
+    llm.reset()
+    llm.eval(prompt_ids)
+    out: list[int] = []
+    for _ in range(max_new):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(token)
+        if token in stops:
+            break
+        llm.eval([token])
+    return out
+
+
+def _greedy_hf(model: Any, prompt_ids: list[int], max_new: int, stops: set[int], pad_id: int | None) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                             max_new_tokens=max_new, do_sample=False, eos_token_id=sorted(stops),
+                             pad_token_id=pad_id if pad_id is not None else sorted(stops)[0])
+    return out[0, len(prompt_ids):].tolist()
+
+
+def verify_gguf(path: Path, file_type: str, model: Any, tokenizer: Any, stops: set[int], *,
+                prompts: list[str] | None = None, max_new_tokens: int = 24, threads: int | None = None) -> Verification:
+    """Compare the GGUF file at ``path`` with ``model`` (float32 transformers) and ``tokenizer``."""
+    import numpy as np
+    import torch
+
+    from ..generation import chat_prompt
+
+    prompts = prompts or DEFAULT_PROMPTS
+    model.eval()
+    llm = open_llama(path, n_ctx=2048, threads=threads, logits_all=True)
+    try:
+        parity = [s for s in PARITY_STRINGS + [t for t in tokenizer.all_special_tokens]
+                  if tokenizer(s, add_special_tokens=False)["input_ids"] != llm.tokenize(s.encode(), add_bos=False, special=True)]
+        checks: list[PromptCheck] = []
+        agree_total = agree_hits = 0
+        for text in prompts:
+            rendered = chat_prompt(tokenizer, [{"role": "user", "content": text}])
+            ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+            llama_ids = llm.tokenize(rendered.encode(), add_bos=False, special=True)
+            hf_new = _greedy_hf(model, ids, max_new_tokens, stops, tokenizer.pad_token_id)
+            gguf_new = _greedy_llama(llm, ids, max_new_tokens, stops)
+            sequence = ids + hf_new
+            with torch.no_grad():
+                ref = model(torch.tensor([sequence])).logits[0].float().numpy()
+            llm.reset()
+            llm.eval(sequence)
+            got = np.asarray(llm.scores[: len(sequence)])
+            positions = range(len(ids) - 1, len(sequence) - 1)
+            hits = sum(int(ref[i].argmax() == got[i].argmax()) for i in positions)
+            agree_hits += hits
+            agree_total += len(positions)
+            first = next((i for i, (a, b) in enumerate(zip(hf_new, gguf_new)) if a != b), None)
+            if first is None and len(hf_new) != len(gguf_new):
+                first = min(len(hf_new), len(gguf_new))
+            near_tie = False
+            if first is not None and first < len(hf_new) and first < len(gguf_new):
+                row = ref[len(ids) - 1 + first]
+                near_tie = bool(row[hf_new[first]] - row[gguf_new[first]] <= FLOAT_TIE_MARGIN.get(file_type, 0.0))
+            checks.append(PromptCheck(text, ids == llama_ids, first is None, hits / max(1, len(positions)),
+                                      tokenizer.decode(hf_new, skip_special_tokens=True),
+                                      tokenizer.decode(gguf_new, skip_special_tokens=True), first, near_tie, hf_new, gguf_new))
+    finally:
+        llm.close()
+    agreement = agree_hits / max(1, agree_total)
+    tokens_ok = not parity and all(c.tokens_equal for c in checks)
+    if file_type in FLOAT_TIE_MARGIN:
+        required = "identical tokens and greedy answers (near-ties excepted)"
+        passed = tokens_ok and all(c.greedy_equal or c.near_tie for c in checks)
+    else:
+        minimum = MIN_TOP1.get(file_type, 0.6)
+        required = f"identical tokens, top-1 agreement >= {minimum}"
+        passed = tokens_ok and agreement >= minimum
+    return Verification(str(path), file_type, checks, parity, agreement, passed, required)

@@ -1,0 +1,100 @@
+"""Tokenizer metadata for GGUF from a transformers fast tokenizer (byte-level BPE).
+
+llama.cpp does not run the tokenizer.json pipeline; it re-implements a fixed set of
+pre-tokenizers, named by ``tokenizer.ggml.pre``. :func:`detect_pre_tokenizer` reads
+the tokenizer's own pre-tokenizer description and names the llama.cpp one that splits
+text the same way; the export's verification then checks it on real strings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from recipetune import UserError
+
+# llama.cpp token types (gguf.TokenType): NORMAL=1, UNKNOWN=2, CONTROL=3, USER_DEFINED=4, UNUSED=5, BYTE=6
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED = 1, 2, 3, 4, 5
+
+# Pieces of the split regexes that tell the families apart.
+LLAMA3_DIGITS = r"\p{N}{1,3}"
+QWEN2_SPLIT = r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+
+
+@dataclass
+class VocabMetadata:
+    model: str  # tokenizer.ggml.model
+    pre: str  # tokenizer.ggml.pre
+    tokens: list[str]
+    token_types: list[int]
+    merges: list[str]
+    special_ids: dict[str, int] = field(default_factory=dict)  # bos, eos, eot, unk, pad
+    add_bos: bool = False
+    add_eos: bool = False
+
+
+def _backend_json(tokenizer: Any) -> dict[str, Any]:
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    if backend is None:
+        raise UserError(f"GGUF export needs a fast (tokenizers-backed) tokenizer; got {type(tokenizer).__name__}")
+    return json.loads(backend.to_str())
+
+
+def detect_pre_tokenizer(tok_json: dict[str, Any]) -> str:
+    """The llama.cpp pre-tokenizer name that splits text like this tokenizer.json does."""
+    pre = tok_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kinds = [s.get("type") for s in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt-2"  # GPT-2's regex, no digit splitting (also the test tokenizers and SmolLM2 as transformers reads it)
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
+        return "smollm"  # single digits, then GPT-2's regex
+    if kinds and kinds[0] == "Split":
+        pattern = (steps[0].get("pattern") or {}).get("Regex", "")
+        if LLAMA3_DIGITS in pattern:
+            return "llama-bpe"  # Llama-3.x: digits in groups of up to three
+        if QWEN2_SPLIT in pattern:
+            return "qwen2"
+    raise UserError("GGUF export: llama.cpp has no pre-tokenizer known to match this tokenizer's "
+                    f"({json.dumps(pre)[:300]}); supported: GPT-2 byte-level, SmolLM, Llama-3, Qwen2 byte-level BPE")
+
+
+def vocab_metadata(tokenizer: Any, vocab_size: int, stop_token: str | None) -> VocabMetadata:
+    """Tokens, types, merges and special ids for a byte-level BPE tokenizer, padded to ``vocab_size``."""
+    tok_json = _backend_json(tokenizer)
+    model = tok_json.get("model", {})
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        raise UserError("GGUF export supports byte-level BPE tokenizers (Llama-3.x, SmolLM2, Qwen2); "
+                        f"this one is {model.get('type')}{' with byte fallback (SentencePiece style)' if model.get('byte_fallback') else ''}")
+    pre = detect_pre_tokenizer(tok_json)
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    if max(by_id) >= vocab_size:
+        raise UserError(f"the tokenizer has ids up to {max(by_id)} but the model's embedding has {vocab_size} rows")
+    added = {i: a for i, a in tokenizer.added_tokens_decoder.items()}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+        elif i in added:
+            tokens.append(added[i].content)
+            types.append(CONTROL if added[i].special else USER_DEFINED)
+        else:
+            tokens.append(by_id[i])
+            types.append(NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    special: dict[str, int] = {}
+    for key, attr in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unk_token_id"), ("pad", "pad_token_id")):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            special[key] = value
+    if stop_token:
+        stop_id = tokenizer.convert_tokens_to_ids(stop_token)
+        if isinstance(stop_id, int) and stop_id != getattr(tokenizer, "unk_token_id", None):
+            special["eot"] = stop_id
+    probe = tokenizer("a")["input_ids"]
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    add_bos = len(probe) > len(bare) and probe[0] == special.get("bos")
+    add_eos = len(probe) > len(bare) and probe[-1] == special.get("eos")
+    return VocabMetadata("gpt2", pre, tokens, types, merges, special, add_bos, add_eos)
