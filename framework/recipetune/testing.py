@@ -41,14 +41,38 @@ CORPUS = [
 ]
 
 
-def make_tokenizer(vocab_size: int = 512, extra_special: tuple[str, ...] = ()):
-    """A byte-level BPE tokenizer (GPT-2/Llama-3 style) with ChatML special tokens, trained in memory."""
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+def _pre_tokenizer(style: str):
+    from tokenizers import Regex, pre_tokenizers
+
+    if style == "gpt2":
+        return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if style == "smollm":
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    if style in ("llama3", "qwen2"):
+        pattern = LLAMA3_SPLIT if style == "llama3" else QWEN2_SPLIT
+        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    raise ValueError(f"unknown tokenizer style {style!r}")
+
+
+def make_tokenizer(vocab_size: int = 512, extra_special: tuple[str, ...] = (), style: str = "gpt2"):
+    """A byte-level BPE tokenizer with ChatML special tokens, trained in memory.
+
+    ``style`` picks the pre-tokenizer: ``gpt2`` (GPT-2's regex), ``smollm`` (single digits, then
+    GPT-2's), ``llama3`` (Llama-3's split regex, digits in threes) or ``qwen2``.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *extra_special]
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = _pre_tokenizer(style)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -61,21 +85,32 @@ def make_tokenizer(vocab_size: int = 512, extra_special: tuple[str, ...] = ()):
 
 def make_tiny_llama(path: str | Path, hidden_size: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
                     intermediate_size: int = 128, vocab_size: int = 512, seed: int = 0, tie_word_embeddings: bool = False,
-                    rope_theta: float = 10000.0) -> Path:
-    """Write a randomly initialised Llama-architecture model and its tokenizer to ``path``."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+                    rope_theta: float = 10000.0, architecture: str = "llama", rope_scaling: dict | None = None,
+                    tokenizer_style: str = "gpt2", init_std: float = 0.02) -> Path:
+    """Write a randomly initialised model and its tokenizer to ``path``.
 
+    ``architecture`` is ``llama``, ``mistral`` or ``qwen2`` (q/k/v biases); ``rope_scaling``
+    a transformers rope-scaling dict such as ``{"rope_type": "llama3", "factor": 8.0, ...}``;
+    ``tokenizer_style`` as for :func:`make_tokenizer`; a larger ``init_std`` gives peakier logits.
+    """
+    import torch
+    from transformers import (GenerationConfig, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                              Qwen2Config, Qwen2ForCausalLM)
+
+    classes = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM),
+               "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+    config_cls, model_cls = classes[architecture]
     path = Path(path)
-    tokenizer = make_tokenizer(vocab_size)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=intermediate_size,
-                         max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=rope_theta,
-                         tie_word_embeddings=tie_word_embeddings,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    tokenizer = make_tokenizer(vocab_size, style=tokenizer_style)
+    rope = {"rope_type": "default", "rope_theta": rope_theta} if rope_scaling is None else {"rope_theta": rope_theta, **rope_scaling}
+    config = config_cls(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
+                        num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=intermediate_size,
+                        max_position_embeddings=512, rms_norm_eps=1e-5, rope_parameters=rope,
+                        tie_word_embeddings=tie_word_embeddings, initializer_range=init_std,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = model_cls(config)
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(path, safe_serialization=True)

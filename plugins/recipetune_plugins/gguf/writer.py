@@ -163,6 +163,8 @@ def write_gguf(model: Any, vocab: VocabMetadata, path: Path, file_type: str, *, 
     if file_type not in FLOAT_TYPES:
         raise ValueError(f"write_gguf writes {FLOAT_TYPES}; quantize those with llama.cpp")
     h = hyper_parameters(model)
+    if len(vocab.tokens) != h.vocab_size:
+        raise UserError(f"GGUF export: {len(vocab.tokens)} tokens for an embedding of {h.vocab_size} rows")
     path = Path(path)
     with atomic_path(path) as tmp:
         w = gguf.GGUFWriter(str(tmp), h.arch)
