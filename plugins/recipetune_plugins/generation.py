@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from recipetune.data.templating import render
 
@@ -21,19 +22,50 @@ def stop_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
-def generate_greedy(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: int = 48) -> str:
-    """The model's greedy answer to ``messages`` (stopping at the stop token)."""
+@contextmanager
+def generation_mode(model: Any, fast: Any = None) -> Iterator[None]:
+    """Put ``model`` in inference mode for the block, then back.
+
+    ``fast`` is Unsloth's ``FastLanguageModel`` (``Loaded.extras["unsloth"]``) when the
+    model came from the unsloth backend: its ``for_inference`` turns on the fast
+    generation path and ``for_training`` turns it off again (a model left in
+    inference mode would train on the generation path). Otherwise ``eval()`` and
+    back to ``train()`` when it was training.
+    """
+    was_training = model.training
+    if fast is not None:
+        fast.for_inference(model)
+    else:
+        model.eval()
+    try:
+        yield
+    finally:
+        if fast is not None:
+            fast.for_training(model)
+            if not was_training:
+                model.eval()
+        elif was_training:
+            model.train()
+
+
+def generate_greedy(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: int = 48,
+                    fast: Any = None) -> str:
+    """The model's greedy answer to ``messages`` (stopping at the stop token).
+
+    ``fast``: Unsloth's ``FastLanguageModel`` for a model of the unsloth backend (see :func:`generation_mode`).
+    """
     import torch
 
     prompt = chat_prompt(tokenizer, messages)
     enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids(model, tokenizer),
-                                 pad_token_id=tokenizer.pad_token_id, use_cache=True)
-    finally:
-        if was_training:
-            model.train()
+    with generation_mode(model, fast), torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids(model, tokenizer),
+                             pad_token_id=tokenizer.pad_token_id, use_cache=True)
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def fast_class(loaded: Any) -> Any:
+    """Unsloth's ``FastLanguageModel`` when ``loaded`` came from the unsloth backend, else None."""
+    if loaded is None or getattr(loaded, "backend", None) != "unsloth":
+        return None
+    return (getattr(loaded, "extras", None) or {}).get("unsloth")

@@ -67,6 +67,8 @@ class LoraAdapter(Adapter):
         return lines
 
     def adapt(self, run, loaded: Loaded) -> Loaded:
+        if loaded.backend == "unsloth":
+            return self.adapt_unsloth(run, loaded)
         import torch
         from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -89,6 +91,37 @@ class LoraAdapter(Adapter):
             raise UserError(f"adapt.target_modules {o.target_modules}: {exc}") from exc
         trainable, total = count_parameters(model)
         run.logger.info("LoRA: %s trainable parameters of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+        run.state["trainable_parameters"] = (trainable, total)
+        loaded.model = model
+        loaded.adapter = self.name
+        return loaded
+
+    def unsloth_arguments(self, loaded: Loaded) -> dict[str, Any]:
+        """Keyword arguments of ``FastLanguageModel.get_peft_model``, from this adapter's options."""
+        o = self.options
+        kwargs: dict[str, Any] = dict(
+            r=o.r, target_modules=o.target_modules, lora_alpha=o.alpha, lora_dropout=o.dropout, bias=o.bias,
+            use_gradient_checkpointing=o.gradient_checkpointing, random_state=o.random_state,
+            use_rslora=o.use_rslora, loftq_config=o.loftq_config or {}, modules_to_save=o.modules_to_save,
+            max_seq_length=loaded.max_seq_length)
+        if o.use_dora:  # Unsloth takes it through **kwargs into peft's LoraConfig
+            kwargs["use_dora"] = True
+        if o.loftq_config:
+            kwargs["init_lora_weights"] = "loftq"
+        return kwargs
+
+    def adapt_unsloth(self, run, loaded: Loaded) -> Loaded:
+        """Unsloth's ``get_peft_model``: its fast LoRA kernels and "unsloth" (offloaded) checkpointing."""
+        fast = loaded.extras.get("unsloth")
+        if fast is None:
+            raise UserError('backend "unsloth" did not hand over FastLanguageModel (Loaded.extras["unsloth"])')
+        try:
+            model = fast.get_peft_model(loaded.model, **self.unsloth_arguments(loaded))
+        except ValueError as exc:
+            raise UserError(f"adapt.target_modules {self.options.target_modules}: {exc}") from exc
+        trainable, total = count_parameters(model)
+        run.logger.info("LoRA (Unsloth): %s trainable parameters of %s (%.2f%%)", f"{trainable:,}", f"{total:,}",
+                        100 * trainable / max(total, 1))
         run.state["trainable_parameters"] = (trainable, total)
         loaded.model = model
         loaded.adapter = self.name

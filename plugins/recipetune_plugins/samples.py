@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recipetune import Options, RecipePath, ReportBlock, Reporter, UserError, hookimpl
 
-from .generation import generate_greedy
+from .generation import fast_class, generate_greedy
 
 
 class Sample(BaseModel):
@@ -60,9 +60,10 @@ class SamplesReporter(Reporter):
     def _answer_all(self, run, loaded, when: str) -> None:
         items = self.samples()
         answers = []
+        fast = fast_class(loaded)  # Unsloth: for_inference / for_training around each answer
         for item in items:
             messages = ([{"role": "system", "content": item.system}] if item.system else []) + [{"role": "user", "content": item.prompt}]
-            answers.append(generate_greedy(loaded.model, loaded.tokenizer, messages, self.options.max_new_tokens))
+            answers.append(generate_greedy(loaded.model, loaded.tokenizer, messages, self.options.max_new_tokens, fast=fast))
         self.answers[when] = answers
         score = self.score(items, answers)
         if score is not None:

@@ -148,6 +148,11 @@ class SFTTrainer(Trainer):
         )
 
     def train(self, run, loaded, dataset) -> TrainResult:
+        on_unsloth = loaded.backend == "unsloth"
+        if on_unsloth:
+            # Unsloth before TRL: importing it patches TRL's SFTTrainer (its trainer path, padding-free batches,
+            # the gradient-accumulation loss fix). The backend imported it already; this keeps the order explicit.
+            import unsloth  # noqa: F401
         from datasets import Dataset
         from trl import SFTTrainer as TRLSFTTrainer
 
@@ -162,7 +167,16 @@ class SFTTrainer(Trainer):
             run.logger.info("resuming from %s", resume_from or "the start (no checkpoint found)")
             keep_metrics_until(run, checkpoint_step(resume_from) if resume_from else 0)
         started = time.perf_counter()
-        out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        resume = {"resume_from_checkpoint": str(resume_from)} if resume_from else {}
+        if on_unsloth:
+            from unsloth import unsloth_train
+
+            fast = loaded.extras.get("unsloth")
+            if fast is not None:  # generation before training (samples reporter) may have left it in inference mode
+                fast.for_training(loaded.model)
+            out = unsloth_train(trainer, **resume)
+        else:
+            out = trainer.train(**resume)
         runtime = time.perf_counter() - started
         losses = [(int(m["step"]), m["loss"]) for m in run.read_metrics() if "loss" in m]
         if getattr(loaded.model, "config", None) is not None:
