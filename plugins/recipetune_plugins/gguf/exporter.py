@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from recipetune import Artifact, Exporter, Options, Problem, UserError, hookimpl
 
@@ -24,8 +24,8 @@ PRECISION_ORDER = list(GgufType.__args__)
 
 
 class GgufOptions(Options):
-    quantization: GgufType | list[GgufType] = "q8_0"
-    """GGUF type(s) to write: f32, f16, bf16 (written directly) or q8_0, q6_k, q5_k_m, q4_k_m ... (llama.cpp's quantizer)."""
+    quantization: list[GgufType] = Field(default_factory=lambda: ["q8_0"])
+    """GGUF type(s) to write, a string or a list: f32, f16, bf16 (written directly) or q8_0, q6_k, q5_k_m, q4_k_m ... (llama.cpp's quantizer)."""
     name: str | None = None
     """File name stem: files are <name>-<type>.gguf. Default: the recipe's name."""
     folder: str = "gguf"
@@ -43,9 +43,13 @@ class GgufOptions(Options):
     threads: int | None = Field(default=None, ge=1)
     """CPU threads for quantizing and checking. Default: all cores."""
 
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return [value] if isinstance(value, str) else value
+
     def types(self) -> list[str]:
-        listed = [self.quantization] if isinstance(self.quantization, str) else list(self.quantization)
-        return list(dict.fromkeys(listed))
+        return list(dict.fromkeys(self.quantization))
 
 
 def recipe_sha256(recipe) -> str:

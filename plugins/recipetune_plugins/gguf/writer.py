@@ -158,8 +158,11 @@ def write_gguf(model: Any, vocab: VocabMetadata, path: Path, file_type: str, *, 
                chat_template: str | None, base_model: str | None = None, recipe_sha256: str | None = None,
                description: str | None = None, progress: Callable[[str], None] | None = None) -> Path:
     """Write ``model`` (a float transformers model) as one GGUF file at ``path``, atomically."""
+    import logging
+
     import gguf
 
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # its per-file chatter is not the run's news
     if file_type not in FLOAT_TYPES:
         raise ValueError(f"write_gguf writes {FLOAT_TYPES}; quantize those with llama.cpp")
     h = hyper_parameters(model)
