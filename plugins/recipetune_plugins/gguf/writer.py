@@ -10,14 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable
 
 from recipetune import UserError
 from recipetune.atomic import atomic_path
 
 from .vocab import VocabMetadata
+
+if TYPE_CHECKING:  # numpy is imported where it is used: `recipe --help` stays fast
+    import numpy as np
 
 FLOAT_TYPES = ("f32", "f16", "bf16")
 FILE_TYPE = {"f32": 0, "f16": 1, "bf16": 32}  # llama_ftype values written to general.file_type
@@ -95,6 +96,8 @@ def permute_for_rope(weight: np.ndarray, heads: int) -> np.ndarray:
 
 def llama3_rope_factors(h: Hyper) -> np.ndarray:
     """Per-frequency divisors of Llama-3.1's "llama3" rope scaling (written as ``rope_freqs.weight``)."""
+    import numpy as np
+
     s = h.rope_scaling or {}
     factor = float(s.get("factor", 8.0))
     low, high = float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
@@ -144,6 +147,7 @@ def gguf_tensors(model: Any, h: Hyper) -> list[tuple[str, np.ndarray]]:
 
 def _add_tensor(writer: Any, name: str, array: np.ndarray, file_type: str) -> None:
     import gguf
+    import numpy as np
 
     if array.ndim == 1 or file_type == "f32" or name == "rope_freqs.weight":
         writer.add_tensor(name, array.astype(np.float32))  # norms, biases and rope factors stay f32 (as llama.cpp does)
