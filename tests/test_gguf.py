@@ -255,3 +255,11 @@ def test_quickstart_model_gguf_answers_exactly_as_transformers(tmp_path):
                         max_new_tokens=20)
     assert check.passed and all(p.greedy_equal for p in check.prompts), check.summary()
     assert "Paris" in check.prompts[0].gguf_answer
+
+
+def test_generate_runs_an_hf_folder_with_transformers(cli, tiny_model_dir):
+    args = ("generate", str(tiny_model_dir), "--prompt", "What is 2 + 2?", "--max-tokens", "6", "--stats")
+    first, second = cli(*args), cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stderr.strip().splitlines()[-1])["kind"] == "hf"
+    assert first.stdout == second.stdout  # greedy by default
