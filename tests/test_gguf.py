@@ -122,7 +122,7 @@ def test_tokenizer_parity_with_llama_cpp(tmp_path, style, expected):
         strings = PARITY_STRINGS + ["<|im_start|>user\nHi 12345<|im_end|>\n", "  \n\n\t  x  ", "9999999 00 1.5e10"]
         for text in strings:
             assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text, add_special_tokens=False)["input_ids"], text
-        assert llama_cpp.llama_token_is_eog(llm._model.vocab, tok.convert_tokens_to_ids("<|im_end|>"))
+        assert llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok.convert_tokens_to_ids("<|im_end|>"))
     finally:
         llm.close()
 

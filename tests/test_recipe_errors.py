@@ -40,8 +40,14 @@ def test_misspelled_key_points_at_its_line_with_a_suggestion(recipe_problems):
 def test_unknown_component_lists_installed_names(recipe_problems):
     text = GOOD.replace('[[export]]\nuse = "lora"', '[[export]]\nuse = "ggfu"')
     [problem] = recipe_problems(text)
-    assert ":19:1: export[0].use: unknown exporter 'ggfu'; installed: " in problem
+    assert ":19:1: export[0].use: unknown exporter 'ggfu'; did you mean 'gguf'? installed: " in problem
     assert "installed: " in problem and "lora" in problem and "merged" in problem
+
+
+def test_unknown_component_without_a_close_name_lists_installed_names(recipe_problems):
+    text = GOOD.replace('[[export]]\nuse = "lora"', '[[export]]\nuse = "onnx"')
+    [problem] = recipe_problems(text)
+    assert ":19:1: export[0].use: unknown exporter 'onnx'; installed: gguf, lora, merged" in problem
 
 
 def test_every_problem_is_reported_at_once(recipe_problems):
