@@ -143,6 +143,10 @@ def open_chat(model: str, gguf_type: str | None, threads: int | None, seed: int,
     ref = resolve_model(model, gguf_type)
     threads = threads or os.cpu_count() or 1
     if ref.kind == "gguf":
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            raise UserError('running a GGUF file needs llama-cpp-python: pip install "recipetune[gguf]"') from None
         return ref, GgufChat(ref.path, threads, n_ctx=n_ctx, seed=seed)
     return ref, HFChat(ref.path, threads, seed=seed)
 
