@@ -330,3 +330,18 @@ def test_plugin_import_does_not_import_unsloth_or_torch():
             "print([m for m in ('unsloth', 'torch', 'transformers', 'trl', 'peft') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+# ---------------------------------------------------------------- padded or padding-free batches
+def test_padding_free_auto_picks_padded_batches_on_unsloth_when_there_is_no_padding():
+    from recipetune_plugins.sft import expected_pad_fraction, padding_free_setting
+
+    same = [2048] * 50
+    varied = [100 + 37 * i for i in range(50)]
+    assert expected_pad_fraction(same, 2) == 0.0 and expected_pad_fraction(varied, 1) == 0.0
+    assert expected_pad_fraction(varied, 2) > 0.2
+    assert padding_free_setting("auto", "unsloth", same, 2) is False, "nothing to remove: padded + compiled blocks"
+    assert padding_free_setting("auto", "unsloth", varied, 1) is False
+    assert padding_free_setting("auto", "unsloth", varied, 2) is None, "real padding: Unsloth's own choice"
+    assert padding_free_setting("auto", "hf", same, 2) is None
+    assert padding_free_setting(True, "hf", same, 2) is True and padding_free_setting(False, "unsloth", varied, 2) is False
