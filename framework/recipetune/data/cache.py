@@ -22,7 +22,7 @@ from .samples import SampleTable
 if TYPE_CHECKING:  # pragma: no cover
     from ..recipe.model import Recipe
 
-VERSION = 1
+VERSION = 2
 """Bump when the way samples are built changes: old cache files are then ignored."""
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
 

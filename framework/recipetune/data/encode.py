@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .samples import IGNORE, SampleTable
-from .templating import assistant_spans, render
+from .templating import Span, assistant_spans, render
 
 CHUNK = 256
 """Conversations per task sent to a worker."""
@@ -32,6 +32,7 @@ class EncodeSettings:
     train_on: str  # "assistant" or "all"
     max_len: int
     too_long: str  # "truncate" or "drop"
+    stop: str | None = None  # the stop token: an assistant span ends with it
 
 
 @dataclass
@@ -52,7 +53,20 @@ def _render(settings: EncodeSettings, messages: list[dict[str, Any]]) -> tuple[s
         return text, None
     if settings.train_on == "all":
         return render(settings.template, messages, **settings.variables), None
-    return assistant_spans(settings.template, messages, **settings.variables)
+    text, spans = assistant_spans(settings.template, messages, **settings.variables)
+    return text, _end_at_stop(text, spans, settings.stop)
+
+
+def _end_at_stop(text: str, spans: list[Span], stop: str | None) -> list[Span]:
+    """End each assistant span with its (last) stop token: what the template writes after it (ChatML's and
+    Gemma's newline, Phi-3's final ``<|endoftext|>``) is not part of the answer and is not trained."""
+    if not stop:
+        return spans
+    out = []
+    for span in spans:
+        at = text.rfind(stop, span.start, span.end)
+        out.append(Span(span.start, at + len(stop), span.exact) if at >= 0 else span)
+    return out
 
 
 def _backend(tokenizer: Any):

@@ -71,9 +71,14 @@ def template_variables(tokenizer: Any, template: ChatTemplate | None = None) -> 
 
 
 def tokenize_conversation(tokenizer: Any, template_text: str, messages: list[dict[str, str]],
-                          train_on: str, max_len: int, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One sample: ``input_ids``, ``attention_mask``, ``labels`` (``-100`` where no loss), ``text``."""
-    settings = EncodeSettings(template_text, variables or template_variables(tokenizer), train_on, max_len, "truncate")
+                          train_on: str, max_len: int, variables: dict[str, Any] | None = None,
+                          stop: str | None = None) -> dict[str, Any]:
+    """One sample: ``input_ids``, ``attention_mask``, ``labels`` (``-100`` where no loss), ``text``.
+
+    ``stop``: the stop token that ends an assistant turn (default: the tokenizer's EOS, which
+    :func:`prepare_tokenizer` sets to the template's stop token)."""
+    settings = EncodeSettings(template_text, variables or template_variables(tokenizer), train_on, max_len, "truncate",
+                              stop if stop is not None else tokenizer.eos_token)
     return encode_one(tokenizer, settings, messages)
 
 
@@ -164,7 +169,8 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
             extra = read_rows(fmt.dataset, split, fmt.subset)
             parts[name] = apply_ops(_standardize(extra[:limit] if limit else extra, chosen, {}), fmt.ops, recipe.seed, {})
 
-    settings = EncodeSettings(template_text, variables, fmt.train_on, max_len, fmt.too_long)
+    settings = EncodeSettings(template_text, variables, fmt.train_on, max_len, fmt.too_long,
+                              template.stop_token_for(tokenizer))
     conversations = [rec.messages for name in parts for rec in parts[name]]
     owner = [name for name in parts for _ in parts[name]]
     if progress is None:
