@@ -81,6 +81,7 @@ def test_gguf_read_back_has_every_required_key(tmp_path, tied):
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture,style,rope", [
     ("llama", "gpt2", None), ("llama", "llama3", LLAMA3_ROPE), ("mistral", "smollm", None), ("qwen2", "qwen2", None),
+    ("mistral", "spm", None), ("llama", "spm", None),  # SentencePiece-style vocabularies (Mistral, Llama-2)
 ])
 def test_f32_f16_bf16_answer_exactly_like_transformers(tmp_path, architecture, style, rope):
     # init_std 0.1 gives a random model clear preferences, so near-ties do not hide a wrong layout.
@@ -107,22 +108,25 @@ def test_a_wrong_layout_is_caught_by_the_check(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("style,expected", [("gpt2", "gpt-2"), ("smollm", "smollm"), ("llama3", "llama-bpe"),
-                                            ("qwen2", "qwen2")])
+                                            ("qwen2", "qwen2"), ("spm", "default")])
 def test_tokenizer_parity_with_llama_cpp(tmp_path, style, expected):
     """Unicode, whitespace runs, digits and special tokens tokenize the same in both."""
     import llama_cpp
 
     tok = make_tokenizer(style=style)
-    vocab = vocab_metadata(tok, len(tok), "<|im_end|>")
+    stop = "</s>" if style == "spm" else "<|im_end|>"
+    vocab = vocab_metadata(tok, len(tok), stop)
     assert vocab.pre == expected
+    assert vocab.model == ("llama" if style == "spm" else "gpt2")
     model, _ = _load(make_tiny_llama(tmp_path / "m", tokenizer_style=style))
     path = _write(model, tok, tmp_path / "tiny-f32.gguf", "f32")
     llm = open_llama(path, n_ctx=256)
     try:
-        strings = PARITY_STRINGS + ["<|im_start|>user\nHi 12345<|im_end|>\n", "  \n\n\t  x  ", "9999999 00 1.5e10"]
+        specials = ("<s>[INST] Hi 12345 [/INST] ok</s>" if style == "spm" else "<|im_start|>user\nHi 12345<|im_end|>\n")
+        strings = PARITY_STRINGS + [specials, "  \n\n\t  x  ", "9999999 00 1.5e10"]
         for text in strings:
             assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text, add_special_tokens=False)["input_ids"], text
-        assert llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok.convert_tokens_to_ids("<|im_end|>"))
+        assert llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok.convert_tokens_to_ids(stop))
     finally:
         llm.close()
 
@@ -133,10 +137,10 @@ def test_unsupported_tokenizers_are_refused_clearly():
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    spm_like = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE(vocab={"a": 0, "<unk>": 1}, merges=[],
-                                                                           byte_fallback=True, unk_token="<unk>")))
-    with pytest.raises(UserError, match="byte-level BPE"):
-        vocab_metadata(spm_like, 2, None)
+    wordpiece = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordPiece(vocab={"a": 0, "[UNK]": 1},
+                                                                                   unk_token="[UNK]")))
+    with pytest.raises(UserError, match="this one is WordPiece"):
+        vocab_metadata(wordpiece, 2, None)
 
 
 GGUF_EXPORT = """

@@ -61,14 +61,51 @@ def _pre_tokenizer(style: str):
     raise ValueError(f"unknown tokenizer style {style!r}")
 
 
-def make_tokenizer(vocab_size: int = 512, extra_special: tuple[str, ...] = (), style: str = "gpt2"):
-    """A byte-level BPE tokenizer with ChatML special tokens, trained in memory.
+MISTRAL_LIKE_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+)
 
-    ``style`` picks the pre-tokenizer: ``gpt2`` (GPT-2's regex), ``smollm`` (single digits, then
-    GPT-2's), ``llama3`` (Llama-3's split regex, digits in threes) or ``qwen2``.
+
+def _make_spm_style_tokenizer(vocab_size: int):
+    """BPE with byte fallback and a "▁" word marker, as Llama-2's and Mistral's tokenizers are."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    marker = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    base = Tokenizer(models.BPE())
+    base.normalizer = marker
+    base.train_from_iterator(CORPUS * 20, trainer=trainers.BpeTrainer(vocab_size=vocab_size - 259, show_progress=False))
+    trained = json.loads(base.to_str())["model"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for token, _ in sorted(trained["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(token, len(vocab))
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = marker
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<unk>")
+    fast.chat_template = MISTRAL_LIKE_TEMPLATE
+    return fast
+
+
+def make_tokenizer(vocab_size: int = 512, extra_special: tuple[str, ...] = (), style: str = "gpt2"):
+    """A BPE tokenizer trained in memory.
+
+    ``style`` picks the kind: byte-level BPE with ChatML special tokens and the pre-tokenizer of
+    ``gpt2`` (GPT-2's regex), ``smollm`` (single digits, then GPT-2's), ``llama3`` (Llama-3's split
+    regex, digits in threes) or ``qwen2``; or ``spm``: SentencePiece-style BPE with byte fallback,
+    ``<s>``/``</s>`` and a Mistral-like ``[INST]`` template.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
+    if style == "spm":
+        return _make_spm_style_tokenizer(vocab_size)
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *extra_special]
     tok = Tokenizer(models.BPE())

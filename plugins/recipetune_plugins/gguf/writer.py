@@ -209,7 +209,11 @@ def write_gguf(model: Any, vocab: VocabMetadata, path: Path, file_type: str, *, 
         w.add_tokenizer_pre(vocab.pre)
         w.add_token_list(vocab.tokens)
         w.add_token_types(vocab.token_types)
-        w.add_token_merges(vocab.merges)
+        if vocab.merges:
+            w.add_token_merges(vocab.merges)
+        if vocab.scores:
+            w.add_token_scores(vocab.scores)
+            w.add_add_space_prefix(vocab.add_space_prefix)
         for key, adder in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("eot", w.add_eot_token_id),
                            ("unk", w.add_unk_token_id), ("pad", w.add_pad_token_id)):
             if key in vocab.special_ids:
