@@ -267,3 +267,14 @@ def test_generate_runs_an_hf_folder_with_transformers(cli, tiny_model_dir):
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stderr.strip().splitlines()[-1])["kind"] == "hf"
     assert first.stdout == second.stdout  # greedy by default
+
+
+def test_an_export_only_recipe_converts_a_model_without_training(tmp_path, cli, tiny_model_dir):
+    recipe = tmp_path / "convert.toml"
+    recipe.write_text(f'name = "convert"\n\n[load]\nuse = "hf"\nmodel = "{tiny_model_dir}"\n\n'
+                      '[[export]]\nuse = "gguf"\nquantization = ["f32", "q8_0"]\nverify_max_tokens = 8\n')
+    result = cli("run", str(recipe), "--output-dir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "export only" in report and "convert-f32.gguf" in report and "-> PASS" in report
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text()

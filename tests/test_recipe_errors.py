@@ -72,8 +72,9 @@ def test_missing_tables_and_required_keys(recipe_problems):
     problems = recipe_problems('name = "x"\n\n[load]\nuse = "hf"\n')
     joined = "\n".join(problems)
     assert ":3:1: load: missing required key for backend \"hf\"" in joined or "load.model: missing required key" in joined
-    assert "format: missing [format] table" in joined
-    assert "train: missing [train] table" in joined
+    assert "train: nothing to do: add [train] and [format] to fine-tune, or [[export]]" in joined
+    trains_without_data = recipe_problems('name = "x"\n\n[load]\nuse = "hf"\nmodel = "m"\n\n[train]\nuse = "sft"\n')
+    assert any("format: missing [format] table: [train] needs data" in p for p in trains_without_data)
 
 
 def test_missing_use_lists_choices(recipe_problems):

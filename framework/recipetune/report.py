@@ -46,7 +46,7 @@ def write_report(run: "Run", result: "TrainResult | None") -> Path:
         lines += [recipe.header.description, ""]
     lines += ["| | |", "|---|---|",
               f"| model | `{recipe.load.options.model_dump().get('model', '?')}` via `{recipe.load.use}` |",
-              f"| adapter | {recipe.adapt.use if recipe.adapt else 'none (full fine-tuning)'} |"]
+              f"| adapter | {recipe.adapt.use if recipe.adapt else 'none (full fine-tuning)' if recipe.train else 'none (no training: export only)'} |"]
     if recipe.format is not None:
         lines.append(f"| data | `{Path(recipe.format.dataset).name}` ({recipe.standardizer.use}, template {recipe.chat_template.use}) |")
     lines.append(f"| seed | {recipe.seed} |")

@@ -140,8 +140,8 @@ def execute(run: Run) -> Run:
     values: dict[str, Any] = {}
     try:
         for stage in STAGES:
-            if stage == "train" and run.recipe.train is None:
-                continue
+            if (stage == "train" and run.recipe.train is None) or (stage == "format" and run.recipe.format is None):
+                continue  # an export-only recipe: load (and adapt), then export
             hook.before_stage_run(run=run, stage=stage)
             started = time.perf_counter()
             run.logger.info("stage %s: started", stage)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 STAGE_TABLES: dict[str, str] = {"load": "backend", "adapt": "adapter", "train": "trainer"}
 STAGE_ARRAYS: dict[str, str] = {"report": "reporter", "export": "exporter"}
 FORMAT_COMPONENTS: dict[str, str] = {"standardizer": "dataset_format", "chat_template": "chat_template"}
-REQUIRED = ("load", "format", "train")
+REQUIRED = ("load",)
 STAGE_KEYS = {"load", "adapt", "format", "train", "report", "export", "name", "seed"}
 SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_\-]{20,})\b")
 SECRET_KEYS = {"token", "hf_token", "api_key", "password", "secret"}
@@ -177,6 +177,11 @@ def load_recipe_text(
     for key in REQUIRED:
         if key not in data:
             out.add((key,), f"missing [{key}] table")
+    if "train" in data and "format" not in data:
+        out.add(("format",), "missing [format] table: [train] needs data to train on")
+    if "train" not in data and not data.get("export"):
+        out.add(("train",), "nothing to do: add [train] and [format] to fine-tune, or [[export]] tables to convert "
+                            "the loaded model (e.g. to GGUF)")
 
     sections: dict[str, Section | None] = {}
     for key, kind in STAGE_TABLES.items():

@@ -44,6 +44,6 @@ def recipe_schema(registry: Registry) -> dict[str, Any]:
         "title": "recipetune recipe",
         "type": "object",
         "properties": props,
-        "required": ["name", "load", "format", "train"],
+        "required": ["name", "load"],
         "additionalProperties": False,
     }
