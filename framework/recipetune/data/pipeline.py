@@ -129,9 +129,10 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
     started = time.perf_counter()
     fmt = recipe.format
     template = recipe.chat_template.component
-    tokenizer_key = data_cache.tokenizer_fingerprint(tokenizer)
     variables = template_variables(tokenizer, template)
     template_text = prepare_tokenizer(template, tokenizer, model)
+    # the tokenizer as prepared: the same for a fresh tokenizer and one prepared before in this process
+    tokenizer_key = data_cache.tokenizer_fingerprint(tokenizer)
     max_len = _max_len(recipe, max_seq_length)
     split_seed = fmt.split_seed if fmt.split_seed is not None else recipe.seed
     caching = fmt.cache if use_cache is None else use_cache
@@ -160,9 +161,13 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
         log.info("format.standardizer auto: the rows look like %r; using it", chosen.name)
     parts: dict[str, list[Record]] = {"train": _standardize(rows, chosen, dropped)}
     if not parts["train"]:
+        import json
+
+        first = json.dumps(rows[0], ensure_ascii=False, default=str)
         raise UserError(f"format.dataset {fmt.dataset}: no row could be read as {chosen.name!r} "
                         f"({len(rows)} rows, all malformed; columns of the first: {', '.join(sorted(rows[0]))}); "
-                        "check format.standardizer and its column options")
+                        "check format.standardizer and its column options. First row read: "
+                        f"{first[:300]}{'...' if len(first) > 300 else ''}")
     parts["train"] = apply_ops(parts["train"], fmt.ops, recipe.seed, dropped)
     for name, split in (("validation", fmt.validation_split), ("test", fmt.test_split)):
         if split:
@@ -194,12 +199,13 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
         raise UserError(f"no sample is left to train on: {', '.join(f'{k} {v}' for k, v in sorted(dropped.items()))}; "
                         f"example of a dropped sample ({reason}):\n{example[:400]}")
 
+    before_split = len(tables["train"])  # both fractions are of all the samples
     for name, fraction in (("validation", fmt.validation_fraction), ("test", fmt.test_fraction)):
         if fraction > 0:
             train = tables["train"]
             order = list(range(len(train)))
             random.Random(f"{split_seed}-{name}").shuffle(order)
-            n_held = max(1, int(len(train) * fraction))
+            n_held = max(1, int(before_split * fraction))
             if n_held >= len(train):
                 raise UserError(f"format.{name}_fraction = {fraction} leaves no sample to train on ({len(train)} samples)")
             tables[name] = train.select(sorted(order[:n_held]))
