@@ -196,7 +196,11 @@ class Meter:
             "time_to_first_step_s": round(s[0]["t"] - self.t0, 2) if s else None,
             "first_losses": [round(m["loss"], 4) if m["loss"] is not None else None for m in s[:5]],
             "last_loss": round(s[-1]["loss"], 4) if s and s[-1]["loss"] is not None else None,
+            "step_ms": [round(1000 * (b["t"] - a["t"])) for a, b in zip(s, s[1:])],
         }
+        if measured:
+            times = sorted(out["step_ms"][max(self.warmup - 1, 0):])
+            out["median_step_ms"] = times[len(times) // 2]
         if torch.cuda.is_available():
             out["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
             out["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)

@@ -48,7 +48,8 @@ def after_stage_run(run, stage, result):
             if "first_forward" not in _state:  # what the trainer feeds the model: padded rows or one padding-free row
                 ids = kwargs.get("input_ids", args[0] if args else None)
                 _state["first_forward"] = {"kwargs": sorted(kwargs),
-                                           "input_shape": list(ids.shape) if ids is not None else None}
+                                           "input_shape": list(ids.shape) if ids is not None else None,
+                                           **memory_now()}
             mask = kwargs.get("attention_mask")
             ids = kwargs.get("input_ids", args[0] if args else None)
             if mask is not None and mask.dim() == 2:
@@ -75,6 +76,17 @@ def after_stage_run(run, stage, result):
         meter.write()
 
 
+def memory_now() -> dict:
+    """Allocated / reserved GiB now, and the reserved peak so far (where the memory goes before step 1)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    return {"allocated_gib": round(torch.cuda.memory_allocated() / 2**30, 3),
+            "reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 3),
+            "max_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+
+
 @hookimpl
 def before_stage_run(run, stage):
     if not _active() or stage != "train":
@@ -86,6 +98,7 @@ def before_stage_run(run, stage):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    _state["meter"].extra["at_train_start"] = memory_now()
 
 
 @hookimpl

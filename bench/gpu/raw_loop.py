@@ -88,6 +88,8 @@ autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu else contextlib.n
 if gpu:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
+    meter.extra["at_train_start"] = {"allocated_gib": round(torch.cuda.memory_allocated() / 2**30, 3),
+                                     "reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 3)}
 for step, (batch, tokens) in enumerate(batches(samples, args.batch_size, pad_id, args.steps), start=1):
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     with autocast:

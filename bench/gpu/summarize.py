@@ -26,7 +26,7 @@ def main(path: str) -> None:
     for size in sizes:
         base = latest.get((size, "raw_unsloth"), {})
         print(f"\n### Llama-3.2-{size.upper()} architecture (random init), QLoRA r=16, seq 2048, batch 2\n")
-        print("| path | tokens/s | × raw Unsloth | s/step | peak allocated GiB | × | peak reserved GiB | × | "
+        print("| path | tokens/s | × raw Unsloth | median step ms | peak allocated GiB | × | peak reserved GiB | × | "
               "time to first step s | first losses |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for name in ORDER + sorted({p for s, p in latest if s == size} - set(ORDER)):
@@ -37,7 +37,7 @@ def main(path: str) -> None:
                 print(f"| {name} | failed ({r['error']}) | | | | | | | | |")
                 continue
             print(f"| {name} | {r.get('tokens_per_s')} | {ratio(r.get('tokens_per_s'), base.get('tokens_per_s'))} | "
-                  f"{r.get('s_per_step')} | {r.get('peak_allocated_gib')} | "
+                  f"{r.get('median_step_ms')} | {r.get('peak_allocated_gib')} | "
                   f"{ratio(r.get('peak_allocated_gib'), base.get('peak_allocated_gib'))} | {r.get('peak_reserved_gib')} | "
                   f"{ratio(r.get('peak_reserved_gib'), base.get('peak_reserved_gib'))} | {r.get('time_to_first_step_s')} | "
                   f"{', '.join(str(x) for x in r.get('first_losses') or [])} |")

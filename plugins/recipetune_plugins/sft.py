@@ -74,9 +74,10 @@ def expected_pad_fraction(lengths: list[int], batch_size: int, draws: int = 256,
 def padding_free_setting(option: bool | str, backend: str, lengths: list[int], batch_size: int) -> bool | None:
     """What to pass as SFTConfig(padding_free=...), or None to leave the trainer's default (Unsloth's auto choice).
 
-    Unsloth's auto choice keeps padding-free on GPUs it has not measured (H100, H200, B200): its varlen batches
-    skip the per-block compile. Where the batches have no padding to remove, that costs speed for nothing
-    (bench/gpu: 0.78x the raw Unsloth loop on an H100), so "auto" asks for padded batches there.
+    Unsloth's auto choice keeps padding-free on GPUs it has not measured (H100, H200, B200), and its varlen
+    batches skip the per-block compile. Where the batches have no padding to remove, padding-free saves no
+    work, so "auto" asks for padded batches there (the same batches a hand-written Unsloth loop trains on).
+    On an H100 the two were within run-to-run noise of each other (docs/benchmarks.md).
     """
     if option is True or option is False:
         return option
