@@ -235,3 +235,48 @@ def test_stop_token_cut_off_by_truncation_in_most_samples_warns(tmp_path, tokeni
 def test_a_stop_token_the_tokenizer_cannot_write_as_one_token_warns():
     stats = {"stop_token": "<|eot|>", "stop_token_id": None, "samples": 3}
     assert "is not a single token of the tokenizer" in check_stop_token(stats, "assistant")
+
+
+# ---------------------------------------------------------------- the fast label paths agree with the offsets
+@pytest.mark.parametrize("style", ["gpt2", "smollm", "llama3", "qwen2"])
+def test_label_paths_agree_with_the_tokenizer_offsets(style):
+    """Labels from token byte lengths (byte-level BPE, no offsets tracked) and from bisection over the
+    offsets equal the labels from every token's offsets, on text with multi-byte characters split
+    across tokens, whitespace runs and spans that start or end inside a token."""
+    import random
+
+    import numpy as np
+
+    from recipetune.data.encode import _backend, _byte_span_labels, _labels, _span_labels, byte_lengths
+
+    tok = make_tokenizer(style=style)
+    backend = _backend(tok)
+    lengths = byte_lengths(backend)
+    assert lengths is not None
+    rng = random.Random(style)
+    pieces = ["Hello", " world", "  ", "\n", "\t", "🙂", "你好", "Ünïcödé", "é", "<|im_end|>", "<|im_start|>",
+              "123456", " 7", "👩‍💻", "x", "?!", "ß"]
+    for _ in range(200):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 30)))
+        cuts = sorted(rng.sample(range(len(text) + 1), k=min(len(text) + 1, 2 * rng.randint(1, 3))))
+        spans = [(cuts[i], cuts[i + 1], rng.random() < 0.7) for i in range(0, len(cuts) - 1, 2)]
+        enc = backend.encode(text, add_special_tokens=False)
+        ids = np.array(enc.ids, dtype=np.int32)
+        expected = _labels(ids, np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2), spans)
+        assert np.array_equal(_span_labels(enc, ids, spans), expected), (text, spans)
+        fast_ids = np.array(backend.encode_batch_fast([text], add_special_tokens=False)[0].ids, dtype=np.int32)
+        assert np.array_equal(fast_ids, ids)
+        assert np.array_equal(_byte_span_labels(text, ids, lengths, spans), expected), (text, spans)
+
+
+def test_a_tokenizer_that_is_not_byte_level_uses_its_offsets():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    from recipetune.data.encode import byte_lengths
+
+    tok = Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert byte_lengths(tok) is None
+    bpe = make_tokenizer().backend_tokenizer
+    bpe.normalizer = normalizers.Lowercase()
+    assert byte_lengths(bpe) is None

@@ -468,3 +468,18 @@ def test_recipe_data_json(cli_recipe, tmp_path):
     first = report["samples"][0]
     assert len(report["samples"]) == 2 and first["trained"][0].endswith("<|im_end|>")
     assert [t for t, x in zip(first["input_ids"], first["labels"]) if x != -100]
+
+
+def test_several_processes_give_the_same_samples(tmp_path, tokenizer_dir, tok):
+    """Above MIN_PARALLEL conversations the format stage forks workers: same samples, same order."""
+    from recipetune.data.encode import MIN_PARALLEL
+
+    rows = [{"conversations": chat(i, system="Sé breve 🙂." if i % 5 == 0 else None,
+                                   answer=f"Answer {i} — ünïcödé {i * 7}.")} for i in range(MIN_PARALLEL + 300)]
+    data = write_jsonl(tmp_path / "many.jsonl", rows)
+    one = build_dataset(make_recipe(tmp_path, tokenizer_dir, fmt="num_proc = 1", data=data), tok)
+    two = build_dataset(make_recipe(tmp_path, tokenizer_dir, fmt="num_proc = 2", data=data), tok)
+    assert len(two.train) == len(rows)
+    assert (two.train.ids == one.train.ids).all() and (two.train.labels == one.train.labels).all()
+    assert (two.train.offsets == one.train.offsets).all() and two.train.texts == one.train.texts
+    assert two.stats["samples_with_trained_stop_token"] == len(rows)

@@ -98,6 +98,8 @@ def _tokenize(tokenizer: Any, backend: Any, texts: list[str]) -> list[tuple[list
 
 
 def _labels(ids: np.ndarray, offsets: np.ndarray, spans: list | None) -> np.ndarray:
+    """The labels: a token is trained when it starts inside a span (and, for a span that is not
+    ``exact``, ends inside it too)."""
     if spans is None:
         return ids.copy()
     starts, ends = offsets[:, 0], offsets[:, 1]
@@ -111,8 +113,137 @@ def _labels(ids: np.ndarray, offsets: np.ndarray, spans: list | None) -> np.ndar
     return np.where(keep, ids, IGNORE).astype(np.int32)
 
 
+def _first_from(enc: Any, pos: int, n: int) -> int | None:
+    """Index of the first token whose start offset is ``>= pos`` (``n`` when none), by bisection over
+    the token offsets (they never decrease); ``None`` when a token has no offsets."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        chars = enc.token_to_chars(mid)
+        if chars is None:
+            return None
+        if chars[0] < pos:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _span_labels(enc: Any, ids: np.ndarray, spans: list) -> np.ndarray | None:
+    """:func:`_labels` from a Rust ``Encoding`` without building every token's offsets: each span's first
+    and last token are found by bisection. ``None`` when that cannot be done (then the offsets are used)."""
+    n = len(ids)
+    labels = np.full(n, IGNORE, dtype=np.int32)
+    for span in spans:
+        a, b, exact = span[0], span[1], (span[2] if len(span) > 2 else True)
+        i, j = _first_from(enc, a, n), _first_from(enc, b, n)
+        if i is None or j is None:
+            return None
+        if not exact:
+            while j > i and enc.token_to_chars(j - 1)[1] > b:
+                j -= 1
+        if j > i:
+            labels[i:j] = ids[i:j]
+    return labels
+
+
+_BYTE_LEVEL_PRE = {"Sequence", "ByteLevel", "Split", "Digits"}
+
+
+def byte_lengths(backend: Any) -> np.ndarray | None:
+    """For a byte-level BPE tokenizer whose tokens spell the text exactly (no normalizer, no added prefix
+    space, every token a run of the text's bytes): the length in bytes of each token id, so that token
+    offsets are a cumulative sum and the tokenizer need not track them. ``None`` for any other tokenizer."""
+    import json
+
+    try:
+        config = json.loads(backend.to_str())
+    except Exception:  # pragma: no cover - a tokenizer that cannot serialise itself
+        return None
+    pre = config.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    if (config.get("normalizer") is not None or (config.get("model") or {}).get("type") != "BPE"
+            or not any(p.get("type") == "ByteLevel" for p in parts)
+            or any(p.get("type") not in _BYTE_LEVEL_PRE or p.get("add_prefix_space") for p in parts)):
+        return None
+    from tokenizers import pre_tokenizers
+
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    added = backend.get_added_tokens_decoder()
+    lengths = np.zeros(backend.get_vocab_size(with_added_tokens=True), dtype=np.int64)
+    for token, i in backend.get_vocab(with_added_tokens=False).items():
+        if i not in added:
+            if not alphabet.issuperset(token):
+                return None
+            lengths[i] = len(token)  # one character of the byte-level alphabet per byte
+    for i, token in added.items():
+        lengths[i] = len(token.content.encode("utf-8"))
+    return lengths
+
+
+def _byte_span_labels(text: str, ids: np.ndarray, lengths: np.ndarray, spans: list) -> np.ndarray | None:
+    """:func:`_labels` from token byte lengths (see :func:`byte_lengths`); ``None`` when the tokens do not
+    spell the text byte for byte (then the tokenizer's own offsets are used)."""
+    size = lengths[ids]
+    ends = np.cumsum(size)
+    data = text.encode("utf-8")
+    if len(ids) and int(ends[-1]) != len(data) or not len(ids) and data:
+        return None
+    starts = ends - size
+    ascii_text = len(data) == len(text)
+    labels = np.full(len(ids), IGNORE, dtype=np.int32)
+    for span in spans:
+        a, b, exact = span[0], span[1], (span[2] if len(span) > 2 else True)
+        if not ascii_text:  # character positions -> byte positions
+            a, b = len(text[:a].encode("utf-8")), len(text[:b].encode("utf-8"))
+        i, j = int(np.searchsorted(starts, a, "left")), int(np.searchsorted(starts, b, "left"))
+        if not exact:
+            while j > i and ends[j - 1] > b:
+                j -= 1
+        if j > i:
+            labels[i:j] = ids[i:j]
+    return labels
+
+
+def _encode(tokenizer: Any, backend: Any, texts: list[str], spans: list[list | None],
+            lengths: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Token ids and labels of each text, from one batch call of the fast tokenizer.
+
+    A byte-level BPE tokenizer (``lengths`` from :func:`byte_lengths`) encodes without tracking offsets
+    (about a third faster) and the spans become labels through the tokens' byte lengths; any other fast
+    tokenizer gives its offsets, read by bisection at the span edges only (building every token's offsets
+    as Python tuples costs as much as the BPE); a slow tokenizer gives all its offsets.
+    """
+    if backend is None:
+        return [(arr := np.asarray(ids, dtype=np.int32), _labels(arr, offsets, sp))
+                for (ids, offsets), sp in zip(_tokenize(tokenizer, None, texts), spans)]
+    fast = hasattr(backend, "encode_batch_fast") and (lengths is not None or all(sp is None for sp in spans))
+    out: list = []
+    retry: list[int] = []
+    encodings = backend.encode_batch_fast(texts, add_special_tokens=False) if fast else \
+        backend.encode_batch(texts, add_special_tokens=False)
+    for k, (enc, sp, text) in enumerate(zip(encodings, spans, texts)):
+        ids = np.array(enc.ids, dtype=np.int32)
+        if sp is None:
+            labels = ids.copy()
+        elif fast:
+            labels = _byte_span_labels(text, ids, lengths, sp)  # type: ignore[arg-type]
+        else:
+            labels = _span_labels(enc, ids, sp)
+            if labels is None:
+                labels = _labels(ids, np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2), sp)
+        if labels is None:
+            retry.append(k)
+        out.append((ids, labels))
+    if retry:  # tokens that do not spell their text (a token that strips spaces...): ask for the offsets
+        again = _encode(tokenizer, backend, [texts[k] for k in retry], [spans[k] for k in retry], None)
+        for k, pair in zip(retry, again):
+            out[k] = pair
+    return out
+
+
 def encode_chunk(tokenizer: Any, settings: EncodeSettings, conversations: list[list[dict[str, Any]]],
-                 backend: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str | None], dict[str, str], int]:
+                 backend: Any = None, byte_lens: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str | None], dict[str, str], int]:
     """Encode conversations; returns ids, labels, lengths, texts (kept ones), a status per conversation
     (``None`` kept, else the reason it was dropped), one example text per reason, and how many were truncated."""
     from jinja2 import TemplateError
@@ -134,9 +265,7 @@ def encode_chunk(tokenizer: Any, settings: EncodeSettings, conversations: list[l
         rendered_at.append(i)
     ids_out, labels_out, lengths, kept_texts = [], [], [], []
     truncated = 0
-    for (ids, offsets), sp, text, i in zip(_tokenize(tokenizer, backend, texts), spans, texts, rendered_at):
-        arr = np.asarray(ids, dtype=np.int32)
-        labels = _labels(arr, offsets, sp)
+    for (arr, labels), text, i in zip(_encode(tokenizer, backend, texts, spans, byte_lens), texts, rendered_at):
         if len(arr) > settings.max_len:
             if settings.too_long == "drop":
                 status[i] = "too_long"
@@ -159,10 +288,8 @@ def encode_chunk(tokenizer: Any, settings: EncodeSettings, conversations: list[l
 def encode_one(tokenizer: Any, settings: EncodeSettings, messages: list[dict[str, Any]]) -> dict[str, Any]:
     """One conversation as the trainer sees it (kept even when it has no trained token)."""
     text, sp = _render(settings, messages)
-    ((ids, offsets),) = _tokenize(tokenizer, _backend(tokenizer), [text])
-    arr = np.asarray(ids, dtype=np.int32)
-    labels = _labels(arr, offsets, sp)[: settings.max_len]
-    arr = arr[: settings.max_len]
+    ((arr, labels),) = _encode(tokenizer, _backend(tokenizer), [text], [sp])
+    arr, labels = arr[: settings.max_len], labels[: settings.max_len]
     return {"input_ids": arr.tolist(), "attention_mask": [1] * len(arr), "labels": labels.tolist(), "text": text}
 
 
@@ -174,11 +301,44 @@ def _init_worker(tokenizer: Any, settings: EncodeSettings) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _STATE["tokenizer"] = tokenizer
     _STATE["settings"] = settings
-    _STATE["backend"] = _backend(tokenizer)
+    _STATE["backend"] = backend = _backend(tokenizer)
+    _STATE["lengths"] = byte_lengths(backend) if backend is not None else None
 
 
-def _work(chunk: list[list[dict[str, Any]]]):
-    return encode_chunk(_STATE["tokenizer"], _STATE["settings"], chunk, _STATE["backend"])
+def _off_main_thread(fn, *args):
+    """Run ``fn(*args)`` on a thread of its own. The Rust tokenizer allocates through malloc, and on the
+    main thread of a process holding every row read (a forked worker, or one process doing it all) the same
+    batch encodes about twice as slowly as on a fresh thread with its own malloc arena."""
+    import threading
+
+    out: list = []
+
+    def target():
+        try:
+            out.append((True, fn(*args)))
+        except BaseException as exc:  # re-raised on the calling thread
+            out.append((False, exc))
+
+    thread = threading.Thread(target=target, name="recipetune-encode")
+    thread.start()
+    thread.join()
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _work(chunk):
+    """Encode a chunk: a ``(start, end)`` range of the conversations a forked worker inherited, or the
+    conversations themselves (``spawn``)."""
+    if isinstance(chunk, tuple):
+        chunk = _INHERITED[chunk[0]:chunk[1]]
+    return _off_main_thread(encode_chunk, _STATE["tokenizer"], _STATE["settings"], chunk, _STATE["backend"],
+                            _STATE["lengths"])
+
+
+_INHERITED: list = []
+"""The conversations, set before the workers fork: they get them without pickling."""
 
 
 def encode_conversations(tokenizer: Any, settings: EncodeSettings, conversations: list[list[dict[str, Any]]],
@@ -196,9 +356,23 @@ def encode_conversations(tokenizer: Any, settings: EncodeSettings, conversations
         ctx = mp.get_context(method)
         previous = os.environ.get("TOKENIZERS_PARALLELISM")
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # no Rust thread pool across fork
+        import gc
+
+        global _INHERITED
+        if method == "fork":  # a task is a range of the inherited list, not 256 pickled conversations
+            _INHERITED = conversations
+            tasks: list = [(i, i + CHUNK) for i in range(0, len(conversations), CHUNK)]
+        else:
+            tasks = chunks
+        gc.freeze()  # the workers' garbage collector does not walk the parent's objects (rows, conversations)
         try:
-            with ctx.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer, settings)) as pool:
-                for result, chunk in zip(pool.imap(_work, chunks), chunks):
+            pool = ctx.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer, settings))
+        finally:
+            gc.unfreeze()
+            _INHERITED = []
+        try:
+            with pool:
+                for result, chunk in zip(pool.imap(_work, tasks), chunks):
                     results.append(result)
                     bar.update(len(chunk))
         finally:
@@ -208,9 +382,14 @@ def encode_conversations(tokenizer: Any, settings: EncodeSettings, conversations
                 os.environ["TOKENIZERS_PARALLELISM"] = previous
     else:
         backend = _backend(tokenizer)
-        for chunk in chunks:
-            results.append(encode_chunk(tokenizer, settings, chunk, backend))
-            bar.update(len(chunk))
+        lengths = byte_lengths(backend) if backend is not None else None
+
+        def run_all():
+            for chunk in chunks:
+                results.append(encode_chunk(tokenizer, settings, chunk, backend, lengths))
+                bar.update(len(chunk))
+
+        _off_main_thread(run_all)
     bar.close()
 
     parts, kept_index, dropped, examples, truncated = [], [], {}, {}, 0

@@ -185,8 +185,11 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
     encoded = encode_conversations(tokenizer, settings, conversations, num_proc=_num_proc(fmt), progress=progress)
     for reason, count in encoded.dropped.items():
         dropped[reason] = dropped.get(reason, 0) + count
-    kept_owner = [owner[i] for i in encoded.kept_index]
-    tables = {name: encoded.table.select([j for j, o in enumerate(kept_owner) if o == name]) for name in parts}
+    if len(parts) == 1:  # only train
+        tables = {"train": encoded.table}
+    else:
+        kept_owner = [owner[i] for i in encoded.kept_index]
+        tables = {name: encoded.table.select([j for j, o in enumerate(kept_owner) if o == name]) for name in parts}
 
     if len(tables["train"]) == 0:
         reason = max(encoded.dropped, key=encoded.dropped.get) if encoded.dropped else "?"
@@ -242,10 +245,9 @@ def _stats(tables: dict[str, SampleTable], template: ChatTemplate, tokenizer: An
     lengths = np.concatenate([t.lengths for t in all_tables])
     trained = (train.labels != IGNORE)
     stop_trained = 0
-    if stop_id is not None:
-        hits = (train.labels == stop_id).astype(np.int64)
-        sums = np.concatenate([[0], np.cumsum(hits)])
-        stop_trained = int(((sums[train.offsets[1:]] - sums[train.offsets[:-1]]) > 0).sum())
+    if stop_id is not None:  # samples with at least one trained stop token
+        hits = np.flatnonzero(train.labels == stop_id)
+        stop_trained = len(np.unique(np.searchsorted(train.offsets, hits, side="right")))
     stats: dict[str, Any] = {
         "rows": total, "read": read, "standardizer": standardizer, "samples": len(train),
         "validation": len(tables.get("validation") or ()), "test": len(tables.get("test") or ()),

@@ -75,15 +75,18 @@ class SampleTable(Sequence):
         return sums[self.offsets[1:]] - sums[self.offsets[:-1]]
 
     def select(self, indices) -> "SampleTable":
-        indices = np.asarray(list(indices), dtype=np.int64)
+        indices = np.asarray(indices if isinstance(indices, np.ndarray) else list(indices), dtype=np.int64)
         if len(indices) == 0:
             return SampleTable.empty()
+        if len(indices) == len(self) and (indices == np.arange(len(self))).all():
+            return self
         starts, ends = self.offsets[indices], self.offsets[indices + 1]
         lengths = ends - starts
         offsets = np.zeros(len(indices) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        take = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]) if len(indices) else np.zeros(0, np.int64)
-        return SampleTable(self.ids[take], self.labels[take], offsets, [self.texts[i] for i in indices])
+        # token positions to take: each sample's run starts - new start + 0..total
+        take = np.arange(int(offsets[-1]), dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)
+        return SampleTable(self.ids[take], self.labels[take], offsets, [self.texts[i] for i in indices.tolist()])
 
     # ------------------------------------------------------------ the cache file
     def save(self, path: Path, **extra: np.ndarray) -> None:
