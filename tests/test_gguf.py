@@ -278,3 +278,16 @@ def test_an_export_only_recipe_converts_a_model_without_training(tmp_path, cli, 
     report = (tmp_path / "run" / "report.md").read_text()
     assert "export only" in report and "convert-f32.gguf" in report and "-> PASS" in report
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+def test_extra_buffer_types_are_off_on_a_cpu_with_amx_unless_asked():
+    """llama.cpp's AMX kernels die with SIGILL on worker threads (ggml-org/llama.cpp#26954): on such a CPU
+    the quantized files above only load and answer because ``open_llama`` turns the extra buffers off."""
+    from recipetune_plugins.gguf.verify import cpu_has_amx, use_extra_buffers
+
+    amx = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_bf16 amx_tile amx_int8\n"
+    epyc = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n"
+    assert cpu_has_amx(amx) and not cpu_has_amx(epyc)
+    assert use_extra_buffers({}, epyc) and not use_extra_buffers({}, amx)
+    assert use_extra_buffers({"RECIPETUNE_LLAMA_EXTRA_BUFFERS": "1"}, amx)
+    assert not use_extra_buffers({"RECIPETUNE_LLAMA_EXTRA_BUFFERS": "0"}, epyc)

@@ -99,11 +99,64 @@ def quiet_native_output() -> Iterator[None]:
             os.close(fd)
 
 
+EXTRA_BUFFERS_VARIABLE = "RECIPETUNE_LLAMA_EXTRA_BUFFERS"
+
+
+def cpu_has_amx(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU reports Intel AMX tiles (``amx_tile`` in ``/proc/cpuinfo``)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    return any(line.startswith("flags") and "amx_tile" in line.split() for line in cpuinfo.splitlines())
+
+
+def use_extra_buffers(environ: dict[str, str] | None = None, cpuinfo: str | None = None) -> bool:
+    """Whether llama.cpp may repack weights into its extra CPU buffer types (AMX, AVX-512 repacking).
+
+    On by default, as in llama.cpp, except on a CPU with AMX: there llama.cpp's AMX matrix kernels run tile
+    instructions on worker threads that never received the tile state, and the process dies with SIGILL on
+    the first quantized matrix product (ggml-org/llama.cpp#26954; seen with llama-cpp-python 0.3.36 built
+    natively on a Xeon with AMX). ``RECIPETUNE_LLAMA_EXTRA_BUFFERS=1`` or ``=0`` decides either way.
+    """
+    value = (os.environ if environ is None else environ).get(EXTRA_BUFFERS_VARIABLE, "").strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    return not cpu_has_amx(cpuinfo)
+
+
+@contextmanager
+def _model_params(extra_buffers: bool) -> Iterator[None]:
+    """Make ``llama_cpp.Llama`` build its model parameters with ``use_extra_bufts`` set as asked
+    (``Llama`` takes no argument for it; it reads ``llama_model_default_params()`` when it loads)."""
+    import llama_cpp.llama_cpp as native
+
+    default = native.llama_model_default_params
+    if extra_buffers or not any(name == "use_extra_bufts" for name, *_ in native.llama_model_params._fields_):
+        yield
+        return
+
+    def without_extra_buffers():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    native.llama_model_default_params = without_extra_buffers
+    try:
+        yield
+    finally:
+        native.llama_model_default_params = default
+
+
 def open_llama(path: Path, n_ctx: int = 1024, threads: int | None = None, logits_all: bool = False):
-    """A llama-cpp-python model on the CPU with the thread count set explicitly."""
+    """A llama-cpp-python model on the CPU with the thread count set explicitly (and, on a CPU with AMX,
+    without llama.cpp's extra buffer types: see :func:`use_extra_buffers`)."""
     import llama_cpp
 
-    with quiet_native_output():
+    with quiet_native_output(), _model_params(use_extra_buffers()):
         return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count() or 1,
                                n_threads_batch=threads or os.cpu_count() or 1, n_gpu_layers=0,
                                logits_all=logits_all, verbose=False, seed=0)
