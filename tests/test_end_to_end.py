@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 
 import pytest
@@ -113,11 +115,29 @@ def test_a_failing_stage_names_stage_component_and_plugin(tmp_path, tiny_model_d
 def test_cli_run_failure_is_one_clear_line(cli, tmp_path, tiny_model_dir, sharegpt_file):
     recipe = tmp_path / "r.toml"
     recipe.write_text(tiny_recipe_text(tiny_model_dir, sharegpt_file))
-    result = cli("run", str(recipe), "--output-dir", str(tmp_path / "o"), "format.dataset=missing.jsonl")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(Path(sharegpt_file).read_text().splitlines()[0] + "\n{not json\n")
+    result = cli("run", str(recipe), "--output-dir", str(tmp_path / "o"), f"format.dataset={broken}")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "error: format" in result.stderr and "dataset file not found" in result.stderr
+    assert 'error: format (dataset format "sharegpt" / chat template "tokenizer", plugin ' in result.stderr
+    assert f"{broken}:2: not valid JSON" in result.stderr
     assert "Traceback" in (tmp_path / "o" / "run.log").read_text()
+
+
+def test_a_missing_dataset_or_model_stops_before_loading_at_its_line(cli, tmp_path, tiny_model_dir, sharegpt_file):
+    recipe = tmp_path / "r.toml"
+    text = tiny_recipe_text(tiny_model_dir, sharegpt_file)
+    recipe.write_text(text.replace(str(sharegpt_file), "data/missing.jsonl").replace(str(tiny_model_dir), "./no-model"))
+    for args in (("validate",), ("run", "--output-dir", str(tmp_path / "o"))):
+        result = cli(args[0], str(recipe), *args[1:])
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        lines = recipe.read_text().splitlines()
+        model_line = next(i for i, line in enumerate(lines, 1) if "no-model" in line)
+        data_line = next(i for i, line in enumerate(lines, 1) if "missing.jsonl" in line)
+        assert f"r.toml:{model_line}:1: load.model: no such file or folder: {tmp_path / 'no-model'}" in result.stderr
+        assert f"r.toml:{data_line}:1: format.dataset: no such file or folder: {tmp_path / 'data' / 'missing.jsonl'}" in result.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_4bit_without_a_gpu_stops_before_loading(cli, tmp_path, tiny_model_dir, sharegpt_file):

@@ -24,6 +24,7 @@ def test_paths():
 
 
 def test_overrides_reach_the_validated_recipe(tmp_path):
+    (tmp_path / "d.jsonl").write_text("")
     text = tiny_recipe_text(tmp_path, tmp_path / "d.jsonl", extra='[[export]]\nuse = "lora"')
     recipe = load_recipe_text(text, recipe_dir=tmp_path, overrides=[
         "train.max_steps=10", 'adapt.target_modules=["q_proj","v_proj","o_proj"]', "load.load_in_4bit=true",
@@ -38,6 +39,7 @@ def test_overrides_reach_the_validated_recipe(tmp_path):
 def test_relative_paths_resolve_against_the_recipe_file(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "chat.jsonl").write_text("")
+    (tmp_path / "model").mkdir()
     text = tiny_recipe_text(tmp_path, "data/chat.jsonl").replace(f'model = "{tmp_path}"', 'model = "./model"')
     recipe = load_recipe_text(text, recipe_dir=tmp_path)
     assert recipe.format.dataset == str(tmp_path / "data" / "chat.jsonl")

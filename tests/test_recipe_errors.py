@@ -158,3 +158,61 @@ def test_a_file_that_is_not_text(cli, tmp_path):
     result = cli("validate", str(path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "binary.toml: the recipe is not UTF-8 text" in result.stderr
+
+
+def test_override_problems_and_file_problems_are_reported_together(recipe_problems):
+    problems = recipe_problems(GOOD.replace("max_steps = 10", "max_stepz = 10"), overrides=("train.max_steps", "export[4].use=x"))
+    assert len(problems) == 3, problems
+    assert ':16:1: train.max_stepz: unknown key for trainer "sft"' in problems[0]
+    assert problems[1] == "<command line>: train.max_steps: expected KEY=VALUE, such as train.max_steps=10"
+    assert problems[2] == "<command line>: export[4].use=x: the recipe has no entry export[4]"
+
+
+def test_a_secret_in_an_override_is_masked_in_every_problem(recipe_problems):
+    token = "hf_" + "Z9y8X7w6V5" * 4
+    problems = recipe_problems(GOOD, overrides=(f"load.token={token}", f"train.seed={token}"))
+    assert token not in "\n".join(problems)
+    assert any(p.startswith('<command line>: load.token=***: unknown key for backend "hf"') for p in problems), problems
+    assert any(p.startswith("<command line>: train.seed=***: Input should be a valid integer") for p in problems), problems
+    problems = recipe_problems(GOOD.replace("max_steps = 10", f'max_steps = "{token}"'))
+    assert token not in "\n".join(problems) and "looks like a secret" in problems[0]
+
+
+def test_stage_arrays_of_the_wrong_type_are_one_clear_problem(recipe_problems):
+    text = GOOD.replace('[[export]]\nuse = "lora"\n', "")
+    for value, got in (("5", "int 5"), ('"gguf"', "str 'gguf'"), ("true", "bool True")):
+        [problem] = recipe_problems(text.replace('name = "demo"', f'name = "demo"\nexport = {value}'))
+        assert f':2:1: export: expected [[export]] tables (an array of tables with use = "..."), got {got}' in problem
+
+
+def test_a_value_that_fits_no_member_of_a_union_is_one_problem(recipe_problems):
+    [problem] = recipe_problems(GOOD.replace("r = 8", 'r = 8\ntarget_modules = "q_proj"'))
+    assert problem.endswith(":10:1: adapt.target_modules: expected a valid list or 'all-linear' (got 'q_proj')")
+
+
+def test_an_unquoted_list_override_is_a_list_of_strings(recipe_problems, tmp_path):
+    from recipetune import load_recipe
+
+    (tmp_path / "r.toml").write_text(GOOD)
+    recipe = load_recipe(tmp_path / "r.toml", ["adapt.target_modules=[q_proj,v_proj]"])  # the shell ate the quotes
+    assert recipe.adapt.options.target_modules == ["q_proj", "v_proj"]
+
+
+def test_a_misspelled_use_is_pointed_at(recipe_problems):
+    [problem] = recipe_problems(GOOD.replace('use = "sft"', 'usee = "sft"'))
+    assert ':15:1: train.usee: unknown key; did you mean "use"? name a trainer; installed: sft' in problem
+
+
+def test_missing_local_inputs_are_found_before_anything_loads(recipe_problems, tmp_path):
+    text = (GOOD.replace('model = "org/model"', 'model = "./weights"').replace('dataset = "org/data"', 'dataset = "chat.jsonl"')
+            .replace('[[export]]', '[[report]]\nuse = "samples"\nprompts_file = "held.jsonl"\n\n[[export]]'))
+    problems = recipe_problems(text)
+    assert len(problems) == 3, problems
+    assert f":5:1: load.model: no such file or folder: {tmp_path / 'weights'} (relative to the recipe's folder" in problems[0]
+    assert f":12:1: format.dataset: no such file or folder: {tmp_path / 'chat.jsonl'}" in problems[1]
+    assert f":20:1: report[0].prompts_file: no such file: {tmp_path / 'held.jsonl'}" in problems[2]
+    [problem] = recipe_problems(GOOD, overrides=("load.model=pkg:no_such_package_xyz/model.gguf",))
+    assert problem.startswith("<command line>: load.model=pkg:no_such_package_xyz/model.gguf: package "
+                              "'no_such_package_xyz' is not installed; it should hold model.gguf")
+    (tmp_path / "weights").mkdir(), (tmp_path / "chat.jsonl").write_text(""), (tmp_path / "held.jsonl").write_text("")
+    assert recipe_problems(text) == []

@@ -218,7 +218,9 @@ def test_recipe_run_without_gpu_exits_non_zero_before_loading_anything(tmp_path)
     out_dir = tmp_path / "run"
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "fake_site"), os.environ.get("PYTHONPATH", "")]),
            "CUDA_VISIBLE_DEVICES": ""}
-    proc = run_cli("run", str(FINETOME), "load.model=/nonexistent/Llama-3.2-3B-Instruct", "--output-dir", str(out_dir),
+    model = tmp_path / "Llama-3.2-3B-Instruct"  # an (empty) local folder: nothing would be downloaded
+    model.mkdir()
+    proc = run_cli("run", str(FINETOME), f"load.model={model}", "--output-dir", str(out_dir),
                    env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr
     line = next(i for i, l in enumerate(FINETOME.read_text().splitlines(), 1) if l.startswith('use = "unsloth"'))

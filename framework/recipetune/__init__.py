@@ -27,12 +27,12 @@ from .components import (
 )
 from .hookspecs import hookimpl, hookspec
 from .problems import Problem, RecipeError, StageError, UserError
-from .recipe import PathOrHubId, Recipe, RecipePath, Section, load_recipe, load_recipe_text
+from .recipe import ExistingRecipePath, PathOrHubId, Recipe, RecipePath, Section, load_recipe, load_recipe_text
 from .run import STAGES, Run
 
 __all__ = [
     "Adapter", "Artifact", "Backend", "ChatTemplate", "Component", "DatasetFormat", "Exporter",
-    "FormattedDataset", "Loaded", "Options", "PathOrHubId", "Problem", "Recipe", "RecipeError",
+    "ExistingRecipePath", "FormattedDataset", "Loaded", "Options", "PathOrHubId", "Problem", "Recipe", "RecipeError",
     "RecipePath", "ReportBlock", "Reporter", "Run", "STAGES", "Section", "StageError", "TrainResult",
     "Trainer", "UserError", "__version__", "hookimpl", "hookspec", "load_recipe", "load_recipe_text",
 ]

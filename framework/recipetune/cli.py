@@ -136,7 +136,8 @@ def run(recipe_path: str, overrides: tuple[str, ...], output_dir: str | None, re
             raise
         cause = exc.cause
         if isinstance(cause, UserError):
-            click.echo(f"error: {exc.stage} ({exc.component}): {cause}", err=True)
+            who = ", ".join(part for part in (exc.component, f"plugin {exc.plugin}" if exc.plugin else None) if part)
+            click.echo(f"error: {exc.stage} ({who}): {cause}", err=True)
         else:
             click.echo(f"error: {exc}", err=True)
         click.echo(f"(traceback in {run_.output_dir / 'run.log'}; rerun with --debug to show it)", err=True)

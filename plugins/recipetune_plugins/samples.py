@@ -11,7 +11,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from recipetune import Options, RecipePath, ReportBlock, Reporter, UserError, hookimpl
+from recipetune import ExistingRecipePath, Options, ReportBlock, Reporter, UserError, hookimpl
 
 from .generation import fast_class, generate_greedy
 
@@ -29,7 +29,7 @@ class Sample(BaseModel):
 class SamplesOptions(Options):
     prompts: list[Sample] = Field(default_factory=list)
     """Inline prompts: [{prompt = "...", expect = "..."}]."""
-    prompts_file: RecipePath | None = None
+    prompts_file: ExistingRecipePath | None = None
     """A JSONL file of {prompt, expect, system} lines (relative to the recipe)."""
     max_new_tokens: int = Field(default=48, ge=1)
     """Longest answer generated."""

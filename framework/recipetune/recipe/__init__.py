@@ -2,6 +2,6 @@
 
 from .loader import load_recipe, load_recipe_text
 from .model import FormatTable, Recipe, RecipeHeader, Section
-from .types import PathOrHubId, RecipePath
+from .types import ExistingRecipePath, PathOrHubId, RecipePath
 
-__all__ = ["FormatTable", "PathOrHubId", "Recipe", "RecipeHeader", "RecipePath", "Section", "load_recipe", "load_recipe_text"]
+__all__ = ["ExistingRecipePath", "FormatTable", "PathOrHubId", "Recipe", "RecipeHeader", "RecipePath", "Section", "load_recipe", "load_recipe_text"]

