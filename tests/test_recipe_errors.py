@@ -216,3 +216,36 @@ def test_missing_local_inputs_are_found_before_anything_loads(recipe_problems, t
                               "'no_such_package_xyz' is not installed; it should hold model.gguf")
     (tmp_path / "weights").mkdir(), (tmp_path / "chat.jsonl").write_text(""), (tmp_path / "held.jsonl").write_text("")
     assert recipe_problems(text) == []
+
+
+def test_combinations_that_would_fail_late_are_found_by_validate(recipe_problems):
+    no_adapt = GOOD.replace('[adapt]\nuse = "lora"\nr = 8\n', "")
+    [problem] = recipe_problems(no_adapt)
+    assert ":16:1: export[0].use: the lora exporter writes an adapter, and this recipe has no [adapt] table" in problem
+    [problem] = recipe_problems(GOOD.replace("max_steps = 10", "max_steps = 0"))
+    assert ":16:1: train.max_steps: max_steps = 0 trains nothing" in problem
+    [problem] = recipe_problems(GOOD.replace("max_steps = 10", "max_steps = 10\neval_steps = 5"))
+    assert ":17:1: train.eval_steps: eval_steps needs a validation set" in problem
+    assert recipe_problems(GOOD.replace("max_steps = 10", "max_steps = 10\neval_steps = 5")
+                           .replace('dataset = "org/data"', 'dataset = "org/data"\nvalidation_fraction = 0.1')) == []
+    problems = recipe_problems(GOOD.replace("max_steps = 10", 'max_steps = 10\noptim = "adamw_8bti"\nlr_scheduler_type = "cosinus"'))
+    assert any(":17:1: train.optim: unknown optimizer 'adamw_8bti'; did you mean 'adamw_8bit'" in p for p in problems), problems
+    assert any(":18:1: train.lr_scheduler_type: unknown learning-rate schedule 'cosinus'; did you mean 'cosine'" in p
+               for p in problems), problems
+    [warning] = recipe_problems(GOOD.replace("max_steps = 10", 'max_steps = 10\noptim = "muon"'))
+    assert ":17:1: warning: train.optim: optimizer 'muon' is not one transformers" in warning
+
+
+def test_the_optimizer_and_schedule_names_are_those_of_transformers():
+    import pytest
+
+    transformers = pytest.importorskip("transformers")
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    from recipetune_plugins.sft import KNOWN_VERSION, OPTIMIZERS, SCHEDULERS
+
+    if not transformers.__version__.startswith(KNOWN_VERSION + "."):
+        pytest.skip(f"the lists were taken from transformers {KNOWN_VERSION}")
+    assert set(OPTIMIZERS) == {o.value for o in OptimizerNames}
+    assert set(SCHEDULERS) == {s.value for s in SchedulerType}

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from recipetune import Artifact, Exporter, Options, hookimpl
+from recipetune import Artifact, Exporter, Options, Problem, hookimpl
 from recipetune.atomic import atomic_dir
 
 
@@ -20,6 +20,12 @@ class LoraExporter(Exporter):
 
     name = "lora"
     Options = LoraExportOptions
+
+    def check(self, recipe):
+        if recipe.adapt is None:
+            index = next(i for i, s in enumerate(recipe.export) if s.component is self)
+            yield Problem(f"export[{index}].use", "the lora exporter writes an adapter, and this recipe has no [adapt] "
+                          'table; add one, or export the whole model with use = "merged" or "gguf"')
 
     def export(self, run, loaded, result):
         if loaded.adapter is None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from recipetune import Options, Problem, Trainer, TrainResult, UserError, hookimpl
 
@@ -19,7 +20,7 @@ class SFTOptions(Options):
     """Forward passes per optimizer step (effective batch = batch size x this); the loss is normalised over all label tokens of the accumulated batch."""
     warmup_steps: int = Field(default=5, ge=0)
     """Steps of linear learning-rate warm-up."""
-    max_steps: int = -1
+    max_steps: int = Field(default=-1, ge=-1)
     """Stop after this many optimizer steps; -1 trains for ``num_train_epochs``."""
     num_train_epochs: float = Field(default=1.0, gt=0)
     """Passes over the data when ``max_steps`` is -1."""
@@ -41,8 +42,8 @@ class SFTOptions(Options):
     """Write a resumable checkpoint every this many steps (0: only at the end)."""
     save_total_limit: int = Field(default=2, ge=1)
     """Checkpoints kept on disk."""
-    eval_steps: int | None = None
-    """Evaluate on the validation split every this many steps (needs format.validation_fraction)."""
+    eval_steps: int | None = Field(default=None, ge=1)
+    """Evaluate on the validation split every this many steps (needs format.validation_fraction or validation_split)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Mixed precision: auto is bf16 on Ampere+ GPUs, fp16 on older GPUs, fp32 on a CPU."""
     packing: bool = False
@@ -50,6 +51,47 @@ class SFTOptions(Options):
     padding_free: bool | Literal["auto"] = "auto"
     """Flatten each batch into one row without pad tokens. "auto": on the unsloth backend, padded batches when they
     would hold (almost) no padding (they run Unsloth's compiled blocks), else Unsloth's own choice; on hf, off."""
+
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("max_steps = 0 trains nothing; give a number of steps, or -1 to train for num_train_epochs")
+        return value
+
+
+OPTIMIZERS = (
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor", "adamw_anyprecision",
+    "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit", "adamw_8bit", "ademamix_8bit",
+    "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit",
+    "paged_lion_32bit", "paged_lion_8bit", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit",
+    "galore_adamw", "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise", "galore_adamw_8bit_layerwise",
+    "galore_adafactor_layerwise", "lomo", "adalomo", "grokadamw", "schedule_free_radam", "schedule_free_adamw",
+    "schedule_free_sgd", "apollo_adamw", "apollo_adamw_layerwise", "stable_adamw",
+)
+"""transformers' optimizer names (``OptimizerNames``; a test keeps the list equal to the installed transformers')."""
+
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
+)
+"""transformers' learning-rate schedules (``SchedulerType``)."""
+
+
+def name_problems(key: str, value: str, known: tuple[str, ...], what: str) -> list[Problem]:
+    """A name transformers will not know: an error when it is close to a known one (a typo), else a warning
+    (a newer transformers may know it; it checks when training starts)."""
+    if value in known:
+        return []
+    close = difflib.get_close_matches(value, known, n=3, cutoff=0.6)
+    if close:
+        return [Problem(key, f"unknown {what} {value!r}; did you mean {' or '.join(repr(c) for c in close)}?")]
+    return [Problem(key, f"{what} {value!r} is not one transformers {KNOWN_VERSION} knows ({', '.join(known)}); "
+                         "it is checked again when training starts", severity="warning")]
+
+
+KNOWN_VERSION = "5.24"
 
 
 PADDING_FREE_MAX_PAD_FRACTION = 0.05
@@ -149,6 +191,15 @@ class SFTTrainer(Trainer):
 
     name = "sft"
     Options = SFTOptions
+
+    def check(self, recipe):
+        o = self.options
+        yield from name_problems("train.optim", o.optim, OPTIMIZERS, "optimizer")
+        yield from name_problems("train.lr_scheduler_type", o.lr_scheduler_type, SCHEDULERS, "learning-rate schedule")
+        fmt = recipe.format
+        if o.eval_steps and fmt is not None and not (fmt.validation_fraction or fmt.validation_split):
+            yield Problem("train.eval_steps", "eval_steps needs a validation set: set format.validation_fraction "
+                          "(e.g. 0.05) or format.validation_split")
 
     def preflight(self, recipe):
         if "8bit" in self.options.optim and importlib.util.find_spec("bitsandbytes") is None:
