@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 GOOD = """\
@@ -249,3 +250,18 @@ def test_the_optimizer_and_schedule_names_are_those_of_transformers():
         pytest.skip(f"the lists were taken from transformers {KNOWN_VERSION}")
     assert set(OPTIMIZERS) == {o.value for o in OptimizerNames}
     assert set(SCHEDULERS) == {s.value for s in SchedulerType}
+
+
+def test_a_misspelled_stage_table_gets_a_suggestion(recipe_problems):
+    problems = recipe_problems(GOOD.replace("[train]", "[trian]"))
+    assert any(':14:1: trian: unknown key for a recipe (top level); did you mean "train"?' in p for p in problems), problems
+
+
+def test_validate_json_prints_the_problems_of_a_broken_recipe(cli, tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD.replace("max_steps = 10", "max_stepz = 10"))
+    result = cli("validate", str(path), "--json")
+    assert result.returncode == 2
+    data = json.loads(result.stdout)
+    assert data["ok"] is False
+    assert [(p["path"], p["line"], p["column"]) for p in data["problems"]] == [("train.max_stepz", 16, 1)]

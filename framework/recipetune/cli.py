@@ -34,14 +34,21 @@ def _print_problems(problems: list[Problem]) -> None:
         click.echo(f"{len(errors)} error{'s' if len(errors) != 1 else ''} in the recipe", err=True)
 
 
-def load_or_exit(recipe_path: str, overrides: tuple[str, ...], pm=None):
-    """Load a recipe, or print every problem and exit with status 2."""
+def _problem_json(p: Problem) -> dict:
+    return {"severity": p.severity, "path": p.path, "message": p.message, "file": p.file, "line": p.line,
+            "column": p.column, "override": p.override, "text": p.render()}
+
+
+def load_or_exit(recipe_path: str, overrides: tuple[str, ...], pm=None, as_json: bool = False):
+    """Load a recipe, or print every problem and exit with status 2 (``as_json``: also as JSON on stdout)."""
     from .recipe import load_recipe
 
     try:
         recipe = load_recipe(recipe_path, list(overrides), pm=pm or _pm())
     except RecipeError as exc:
         _print_problems(exc.problems)
+        if as_json:
+            click.echo(json.dumps({"ok": False, "problems": [_problem_json(p) for p in exc.problems]}, indent=2))
         sys.exit(EXIT_PROBLEMS)
     for w in recipe.warnings:
         click.echo(w.render(), err=True)
@@ -81,13 +88,13 @@ def cli() -> None:
 @cli.command()
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("--json", "as_json", is_flag=True, help="Print the resolved recipe as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved recipe as JSON (or, for a broken recipe, its problems).")
 def validate(recipe_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """Check RECIPE against the installed plugins and print the plan. Loads no model.
 
     OVERRIDES are KEY=VALUE pairs such as train.max_steps=10.
     """
-    recipe = load_or_exit(recipe_path, overrides)
+    recipe = load_or_exit(recipe_path, overrides, as_json=as_json)
     if as_json:
         click.echo(json.dumps(recipe.resolved(), indent=2))
         return

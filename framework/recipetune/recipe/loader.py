@@ -70,6 +70,8 @@ class _Collector:
             if kind == "extra_forbidden":
                 key = str(err["loc"][-1]) if err["loc"] else ""
                 known = _fields_at(model, err["loc"][:-1])
+                if model is RecipeHeader and not base:  # a misspelled stage table is a top-level key too
+                    known = sorted({*known, *STAGE_TABLES, *STAGE_ARRAYS, "format"})
                 msg = f"unknown key for {label}"
                 close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
                 if close:
