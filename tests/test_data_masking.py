@@ -280,3 +280,62 @@ def test_a_tokenizer_that_is_not_byte_level_uses_its_offsets():
     bpe = make_tokenizer().backend_tokenizer
     bpe.normalizer = normalizers.Lowercase()
     assert byte_lengths(bpe) is None
+
+
+def test_a_stop_token_that_is_also_the_unknown_token_is_counted_as_trained(tmp_path):
+    """GPT-2-style tokenizers use <|endoftext|> as unknown and end-of-text token: still a real token."""
+    from transformers import AutoTokenizer
+
+    tok = make_tokenizer()
+    tok.unk_token = tok.eos_token = "<|endoftext|>"
+    folder = tmp_path / "tok"
+    tok.save_pretrained(folder)
+    rows = [{"messages": CONVERSATION[1:3]}] * 3
+    recipe = make_recipe(tmp_path, folder, rows, 'chat_template = "alpaca"')
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.unk_token == tokenizer.eos_token == "<|endoftext|>"
+    stats = build_dataset(recipe, tokenizer).stats
+    assert stats["stop_token"] == "<|endoftext|>" and stats["stop_token_id"] == tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert stats["samples_with_trained_stop_token"] == 3
+    assert check_stop_token(stats, "assistant") is None
+
+
+def test_no_chat_template_is_a_clear_error_except_for_plain_text(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = make_tokenizer()
+    tok.chat_template = None  # a base model
+    folder = tmp_path / "base"
+    tok.save_pretrained(folder)
+    recipe = make_recipe(tmp_path, folder, [{"messages": CONVERSATION[1:3]}])
+    with pytest.raises(UserError, match='format.chat_template: the tokenizer has no chat template of its own'):
+        build_dataset(recipe, AutoTokenizer.from_pretrained(folder))
+    data = write_rows(tmp_path / "text.jsonl", [{"text": "Plain text to continue pretraining on."}] * 2)
+    path = tmp_path / "text.toml"
+    path.write_text(f'name = "t"\n\n[load]\nuse = "hf"\nmodel = "{folder}"\n\n[adapt]\nuse = "lora"\n\n[format]\n'
+                    f'dataset = "{data}"\nstandardizer = "text"\ncache = false\n\n[train]\nuse = "sft"\nmax_steps = 1\n')
+    stats = build_dataset(load_recipe(path), AutoTokenizer.from_pretrained(folder)).stats
+    assert stats["samples"] == 2 and stats["trained_tokens"] == stats["tokens"]
+
+
+def test_truncated_counts_only_the_samples_kept(tmp_path, tokenizer_dir):
+    long_prompt = {"messages": [{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "ok"}]}
+    short = {"messages": CONVERSATION[1:3]}
+    recipe = make_recipe(tmp_path, tokenizer_dir, [long_prompt, short], "max_seq_length = 64")
+    stats = build_dataset(recipe, load_tok(tokenizer_dir)).stats
+    assert stats["dropped_no_trained_tokens"] == 1  # the answer was cut off with the prompt's end
+    assert stats["truncated"] == 0 and stats["samples"] == 1
+
+
+def test_the_trainer_does_not_cut_samples_the_format_stage_kept_whole(tmp_path):
+    """format.max_seq_length may exceed load.max_seq_length: the samples (and the stop tokens checked in them) are
+    trained as formatted, not cut again by TRL at the load length."""
+    from recipetune_plugins.sft import SFTOptions, SFTTrainer
+
+    trainer = SFTTrainer(SFTOptions(max_steps=1, optim="adamw_torch"))
+    run = SimpleNamespace(checkpoints_dir=tmp_path, state={"format_stats": {"max_seq_length": 4096}},
+                          recipe=SimpleNamespace(seed=1))
+    config = trainer.config(run, SimpleNamespace(max_seq_length=256), has_eval=False)
+    assert config.max_length == 4096
+    run.state["format_stats"]["max_seq_length"] = 128
+    assert trainer.config(run, SimpleNamespace(max_seq_length=256), has_eval=False).max_length == 256

@@ -256,3 +256,16 @@ def test_tokens_the_tokenizer_has_are_not_added_again():
     assert len(tokenizer) == before
     prepare_tokenizer(ct.TokenizerTemplate(), tokenizer)
     assert len(tokenizer) == before and tokenizer.eos_token == "<|im_end|>"
+
+
+def test_a_system_turn_in_the_middle_is_treated_as_the_official_templates_treat_it(tokenizer):
+    """ShareGPT keeps system turns wherever they are: Llama-2's template skips one after the first turn,
+    Mistral's refuses it; neither renders it as an answer."""
+    messages = [U("q1"), S("mid-conversation system"), U("q2"), A("a2")]
+    expected = official_render("llama-2", messages, False, **OFFICIAL_FILES["llama-2"][1])
+    assert ours("llama-2", tokenizer, messages, False) == expected
+    assert "mid-conversation" not in expected
+    for render_it in (lambda: ours("mistral", tokenizer, messages, False),
+                      lambda: official_render("mistral", messages, False, **OFFICIAL_FILES["mistral"][1])):
+        with pytest.raises(TemplateError, match="Only user and assistant roles are supported"):
+            render_it()

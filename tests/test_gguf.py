@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -241,6 +242,7 @@ def test_a_float_file_that_answers_differently_fails_the_export_stage(tmp_path, 
         execute(prepare_run(recipe, pm, tmp_path / "run"))
     message = str(info.value)
     assert "export" in message and "gguf" in message and "does not answer like the trained model" in message
+    assert "its answers differ from the model's" in message  # the cause, in words
     assert (tmp_path / "run" / "artifacts" / "gguf" / "tiny-f32.gguf").exists()  # no lost work
 
 
@@ -291,3 +293,68 @@ def test_extra_buffer_types_are_off_on_a_cpu_with_amx_unless_asked():
     assert use_extra_buffers({}, epyc) and not use_extra_buffers({}, amx)
     assert use_extra_buffers({"RECIPETUNE_LLAMA_EXTRA_BUFFERS": "1"}, amx)
     assert not use_extra_buffers({"RECIPETUNE_LLAMA_EXTRA_BUFFERS": "0"}, epyc)
+
+
+def _model(config_cls, model_cls, **config):
+    import torch
+
+    torch.manual_seed(0)
+    base = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=1024)
+    return model_cls(config_cls(**{**base, **config}))
+
+
+def test_what_llama_cpp_would_compute_differently_is_refused_before_writing():
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from recipetune_plugins.gguf.writer import hyper_parameters
+
+    refused = {
+        "sliding window of 128 tokens": _model(MistralConfig, MistralForCausalLM, sliding_window=128),
+        "sliding window of 64 tokens": _model(Qwen2Config, Qwen2ForCausalLM, use_sliding_window=True, sliding_window=64),
+        "hidden_act 'gelu_pytorch_tanh'": _model(LlamaConfig, LlamaForCausalLM, hidden_act="gelu_pytorch_tanh"),
+        "head_dim 24 x 4 heads != hidden size 64": _model(Qwen2Config, Qwen2ForCausalLM, head_dim=24),
+    }
+    for message, model in refused.items():
+        with pytest.raises(UserError, match=re.escape(message)):
+            hyper_parameters(model)
+    for model in (_model(MistralConfig, MistralForCausalLM, sliding_window=None),
+                  _model(MistralConfig, MistralForCausalLM, sliding_window=4096),  # wider than the context: no effect
+                  _model(Qwen2Config, Qwen2ForCausalLM, use_sliding_window=False, sliding_window=64),
+                  _model(LlamaConfig, LlamaForCausalLM, head_dim=24)):
+        hyper_parameters(model)
+
+
+def test_tokenizers_llama_cpp_would_split_differently_are_refused():
+    from tokenizers import normalizers, pre_tokenizers
+
+    tok = make_tokenizer(style="gpt2")
+    tok.backend_tokenizer.normalizer = normalizers.NFKC()
+    with pytest.raises(UserError, match="has a normalizer"):
+        vocab_metadata(tok, 512, tok.eos_token)
+    tok = make_tokenizer(style="gpt2")
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    with pytest.raises(UserError, match="adds a space before the text"):
+        vocab_metadata(tok, 512, tok.eos_token)
+
+
+def test_a_stop_token_llama_cpp_does_not_end_at_fails_the_check(tmp_path):
+    """generation_config ends answers at a token llama.cpp does not know as end-of-generation: a GGUF that never
+    stops. The check runs llama.cpp with its own end-of-generation set and names the token."""
+    model, tok = _load(make_tiny_llama(tmp_path / "m", init_std=0.1))
+    tok.add_special_tokens({"additional_special_tokens": ["<|end_turn|>"]})
+    end_turn = tok.convert_tokens_to_ids("<|end_turn|>")
+    model.resize_token_embeddings(len(tok))
+    path = _write(model, tok, tmp_path / "tiny-f32.gguf", "f32")
+    check = verify_gguf(path, "f32", model, tok, set(stop_ids(model, tok)) | {end_turn}, max_new_tokens=8)
+    assert check.missing_stops == ["<|end_turn|>"] and not check.passed
+    assert "<|end_turn|> ends an answer in transformers but is not an end-of-generation token in llama.cpp" in check.cause()
+
+
+def test_a_model_without_a_chat_template_is_checked_on_plain_prompts(tmp_path):
+    model, tok = _load(make_tiny_llama(tmp_path / "m", init_std=0.1))
+    tok.chat_template = None  # a base model
+    path = _write(model, tok, tmp_path / "tiny-f32.gguf", "f32")
+    check = verify_gguf(path, "f32", model, tok, set(stop_ids(model, tok)), max_new_tokens=8)
+    assert check.passed, check.summary()
+    assert all(p.greedy_equal and p.tokens_equal for p in check.prompts)

@@ -180,7 +180,11 @@ class ChatTemplate(Component):
             return self.template
         own = getattr(tokenizer, "chat_template", None)
         if not own:
-            raise ValueError("the tokenizer has no chat template of its own; name one in format.chat_template")
+            from .problems import NoChatTemplate
+
+            raise NoChatTemplate("format.chat_template: the tokenizer has no chat template of its own (a base model?); "
+                                 'name one, such as chat_template = "chatml" or "llama-3.1", or use '
+                                 'standardizer = "text" for plain text')
         return own
 
     def stop_token_for(self, tokenizer: Any) -> str | None:

@@ -73,3 +73,7 @@ class UserError(Exception):
     Components raise it for conditions that are not bugs; the CLI prints its
     message without a traceback.
     """
+
+
+class NoChatTemplate(UserError):
+    """``chat_template = "tokenizer"`` and the tokenizer has none (raised where a template is needed)."""

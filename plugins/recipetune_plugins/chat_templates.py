@@ -91,7 +91,7 @@ _LLAMA2 = """\
     {%- endif %}
     {%- if message['role'] == 'user' %}
         {{- '<s>[INST] ' + content | trim + ' [/INST]' }}
-    {%- else %}
+    {%- elif message['role'] == 'assistant' %}
         {{- ' ' + content | trim + ' </s>' }}
     {%- endif %}
 {%- endfor %}
@@ -124,8 +124,10 @@ _MISTRAL = """\
     {%- endif %}
     {%- if message['role'] == 'user' %}
         {{- '[INST] ' + (system_message if loop.first else '') + message['content'] + ' [/INST]' }}
-    {%- else %}
+    {%- elif message['role'] == 'assistant' %}
         {{- message['content'] + '</s>' }}
+    {%- else %}
+        {{- raise_exception('Only user and assistant roles are supported!') }}
     {%- endif %}
 {%- endfor %}
 """

@@ -232,7 +232,10 @@ class SFTTrainer(Trainer):
             save_strategy="steps" if o.save_steps else "no", save_steps=o.save_steps or 500,
             save_total_limit=o.save_total_limit,
             eval_strategy="steps" if (has_eval and o.eval_steps) else "no", eval_steps=o.eval_steps,
-            max_length=loaded.max_seq_length, packing=o.packing,
+            # the format stage already cut every sample to its length (format.max_seq_length, which may exceed
+            # load.max_seq_length): the trainer must not cut again, or the stop token checked there is lost
+            max_length=max(filter(None, [loaded.max_seq_length, run.state.get("format_stats", {}).get("max_seq_length")])),
+            packing=o.packing,
             report_to="none", use_cpu=not torch.cuda.is_available(), **precision_flags(o.precision), **extra,
         )
 

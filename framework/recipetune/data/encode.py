@@ -293,17 +293,18 @@ def encode_chunk(tokenizer: Any, settings: EncodeSettings, conversations: list[l
     ids_out, labels_out, lengths, kept_texts = [], [], [], []
     truncated = 0
     for (arr, labels), text, i in zip(_encode(tokenizer, backend, texts, spans, byte_lens, fast), texts, rendered_at):
-        if len(arr) > settings.max_len:
+        cut = len(arr) > settings.max_len
+        if cut:
             if settings.too_long == "drop":
                 status[i] = "too_long"
                 examples.setdefault("too_long", text)
                 continue
             arr, labels = arr[: settings.max_len], labels[: settings.max_len]
-            truncated += 1
         if not (labels != IGNORE).any():
             status[i] = "no_trained_tokens"
             examples.setdefault("no_trained_tokens", text)
             continue
+        truncated += cut  # samples kept after being cut (a dropped one is counted as dropped only)
         ids_out.append(arr)
         labels_out.append(labels)
         lengths.append(len(arr))

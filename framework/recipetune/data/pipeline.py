@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..components import ChatTemplate, DatasetFormat, FormattedDataset
-from ..problems import UserError
+from ..problems import NoChatTemplate, UserError
 from .encode import EncodeSettings, encode_conversations, encode_one
 from .ops import Record, apply_ops
 from .samples import IGNORE, SampleTable
@@ -130,7 +130,13 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
     fmt = recipe.format
     template = recipe.chat_template.component
     variables = template_variables(tokenizer, template)
-    template_text = prepare_tokenizer(template, tokenizer, model)
+    try:
+        template_text = prepare_tokenizer(template, tokenizer, model)
+        missing_template: NoChatTemplate | None = None
+    except NoChatTemplate as exc:  # plain text (standardizer "text") needs none; anything else stops below
+        template_text, missing_template = "", exc
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
     # the tokenizer as prepared: the same for a fresh tokenizer and one prepared before in this process
     tokenizer_key = data_cache.tokenizer_fingerprint(tokenizer)
     max_len = _max_len(recipe, max_seq_length)
@@ -159,6 +165,8 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
     chosen = _resolve_format(fmt_component, rows)
     if chosen is not fmt_component:
         log.info("format.standardizer auto: the rows look like %r; using it", chosen.name)
+    if missing_template is not None and chosen.name != "text":
+        raise missing_template
     parts: dict[str, list[Record]] = {"train": _standardize(rows, chosen, dropped)}
     if not parts["train"]:
         import json
@@ -238,9 +246,9 @@ def _stats(tables: dict[str, SampleTable], template: ChatTemplate, tokenizer: An
 
     train = tables["train"]
     stop = template.stop_token_for(tokenizer)
-    stop_id = tokenizer.convert_tokens_to_ids(stop) if stop else None
-    if stop_id is not None and stop_id == getattr(tokenizer, "unk_token_id", object()):
-        stop_id = None
+    # a token the vocabulary lacks converts to the unknown token's id; one it has keeps its own (GPT-2-style
+    # tokenizers use <|endoftext|> as both the unknown and the end-of-text token)
+    stop_id = tokenizer.convert_tokens_to_ids(stop) if stop and stop in tokenizer.get_vocab() else None
     all_tables = [t for t in tables.values() if len(t)]
     lengths = np.concatenate([t.lengths for t in all_tables])
     trained = (train.labels != IGNORE)

@@ -159,14 +159,15 @@ class GgufExporter(Exporter):
                 if check.parity_failures:
                     notes.append(f"  - tokenizers differ on: {', '.join(repr(s) for s in check.parity_failures[:5])}")
                 if not check.passed and (t in FLOAT_TYPES or o.strict):
-                    failures.append(f"{path.name}: {check.summary()}")
+                    failures.append(f"{path.name}: {check.cause()} ({check.summary()})")
                 elif not check.passed:
                     run.logger.warning("gguf: %s is below its tolerance: %s", path.name, check.summary())
             artifacts.append(Artifact("gguf", path, f"GGUF {t} for llama.cpp", details, report="\n".join(notes)))
         if o.modelfile:
             first = written[types[0]]
             stop_tokens = [tokenizer.convert_ids_to_tokens(i) for i in sorted(stops)]
-            text = modelfile_text(first.name, tokenizer.chat_template, stop_tokens, loaded.max_seq_length)
+            context = min(loaded.max_seq_length or 2048, int(getattr(model.config, "max_position_embeddings", 0) or 2048))
+            text = modelfile_text(first.name, tokenizer.chat_template, stop_tokens, context)
             artifacts.append(Artifact("modelfile", write_text(folder / "Modelfile", text), f"Ollama Modelfile for {first.name}"))
         if failures:
             run.artifacts.extend(artifacts)  # written files stay listed even when the check fails

@@ -62,6 +62,8 @@ class Verification:
     top1_agreement: float
     passed: bool
     required: str
+    missing_stops: list[str] = field(default_factory=list)
+    """Tokens that end an answer in transformers but not in llama.cpp (the "never stops" failure)."""
 
     @property
     def greedy_equal(self) -> int:
@@ -70,10 +72,26 @@ class Verification:
     def summary(self) -> str:
         tie = sum(p.near_tie for p in self.prompts)
         tok = f"tokenizer parity {len(PARITY_STRINGS) - len(self.parity_failures)}/{len(PARITY_STRINGS)} strings"
+        stops = f", llama.cpp does not stop at {', '.join(self.missing_stops)}" if self.missing_stops else ""
         return (f"greedy equal on {self.greedy_equal}/{len(self.prompts)} prompts"
                 + (f" ({tie} differ only at a near-tie)" if tie else "")
-                + f", top-1 agreement {self.top1_agreement:.3f}, {tok}; required: {self.required} -> "
+                + f", top-1 agreement {self.top1_agreement:.3f}, {tok}{stops}; required: {self.required} -> "
                 + ("PASS" if self.passed else "FAIL"))
+
+    def cause(self) -> str:
+        """What failed, in words: the tokenizer, the stop tokens or the answers."""
+        causes = []
+        if self.parity_failures:
+            causes.append("llama.cpp's tokenizer splits " + ", ".join(repr(s) for s in self.parity_failures[:3])
+                          + " differently from the model's tokenizer")
+        if self.missing_stops:
+            causes.append(f"{', '.join(self.missing_stops)} ends an answer in transformers but is not an "
+                          "end-of-generation token in llama.cpp")
+        if any(not p.tokens_equal for p in self.prompts):
+            causes.append("the rendered prompts tokenize differently")
+        if not causes:
+            causes.append("its answers differ from the model's")
+        return "; ".join(causes)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -187,28 +205,45 @@ def _greedy_hf(model: Any, prompt_ids: list[int], max_new: int, stops: set[int],
     return out[0, len(prompt_ids):].tolist()
 
 
+def llama_stop_ids(llm: Any) -> set[int]:
+    """The token ids llama.cpp ends generation at (its end-of-generation set, as ``recipe generate`` stops)."""
+    import llama_cpp
+
+    vocab = llm._model.vocab
+    return {i for i in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, i)}
+
+
+def verify_prompt(tokenizer: Any, text: str) -> str:
+    """A check prompt rendered with the chat template; the bare text for a model without one (a base model)."""
+    from ..generation import chat_prompt
+
+    if not getattr(tokenizer, "chat_template", None):
+        return text
+    return chat_prompt(tokenizer, [{"role": "user", "content": text}])
+
+
 def verify_gguf(path: Path, file_type: str, model: Any, tokenizer: Any, stops: set[int], *,
                 prompts: list[str] | None = None, max_new_tokens: int = 24, threads: int | None = None) -> Verification:
     """Compare the GGUF file at ``path`` with ``model`` (float32 transformers) and ``tokenizer``."""
     import numpy as np
     import torch
 
-    from ..generation import chat_prompt
-
     prompts = prompts or DEFAULT_PROMPTS
     model.eval()
     llm = open_llama(path, n_ctx=2048, threads=threads, logits_all=True)
     try:
+        llama_stops = llama_stop_ids(llm)
+        missing_stops = [tokenizer.convert_ids_to_tokens(i) for i in sorted(stops - llama_stops)]
         parity = [s for s in PARITY_STRINGS + [t for t in tokenizer.all_special_tokens]
                   if tokenizer(s, add_special_tokens=False)["input_ids"] != llm.tokenize(s.encode(), add_bos=False, special=True)]
         checks: list[PromptCheck] = []
         agree_total = agree_hits = 0
         for text in prompts:
-            rendered = chat_prompt(tokenizer, [{"role": "user", "content": text}])
+            rendered = verify_prompt(tokenizer, text)
             ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
             llama_ids = llm.tokenize(rendered.encode(), add_bos=False, special=True)
             hf_new = _greedy_hf(model, ids, max_new_tokens, stops, tokenizer.pad_token_id)
-            gguf_new = _greedy_llama(llm, ids, max_new_tokens, stops)
+            gguf_new = _greedy_llama(llm, ids, max_new_tokens, llama_stops)
             sequence = ids + hf_new
             with torch.no_grad():
                 ref = model(torch.tensor([sequence])).logits[0].float().numpy()
@@ -233,7 +268,7 @@ def verify_gguf(path: Path, file_type: str, model: Any, tokenizer: Any, stops: s
     finally:
         llm.close()
     agreement = agree_hits / max(1, agree_total)
-    tokens_ok = not parity and all(c.tokens_equal for c in checks)
+    tokens_ok = not parity and not missing_stops and all(c.tokens_equal for c in checks)
     if file_type in FLOAT_TIE_MARGIN:
         required = "identical tokens and greedy answers (near-ties excepted)"
         passed = tokens_ok and all(c.greedy_equal or c.near_tie for c in checks)
@@ -241,4 +276,4 @@ def verify_gguf(path: Path, file_type: str, model: Any, tokenizer: Any, stops: s
         minimum = MIN_TOP1.get(file_type, 0.6)
         required = f"identical tokens, top-1 agreement >= {minimum}"
         passed = tokens_ok and agreement >= minimum
-    return Verification(str(path), file_type, checks, parity, agreement, passed, required)
+    return Verification(str(path), file_type, checks, parity, agreement, passed, required, missing_stops)

@@ -50,6 +50,9 @@ def detect_pre_tokenizer(tok_json: dict[str, Any]) -> str:
     pre = tok_json.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     kinds = [s.get("type") for s in steps]
+    if any(s.get("type") == "ByteLevel" and s.get("add_prefix_space") for s in steps):
+        raise UserError("GGUF export: this tokenizer adds a space before the text (ByteLevel add_prefix_space); "
+                        "llama.cpp's gpt2 vocabulary does not, so token ids would differ")
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
         return "gpt-2"  # GPT-2's regex, no digit splitting (also the test tokenizers and SmolLM2 as transformers reads it)
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
@@ -78,6 +81,11 @@ def vocab_metadata(tokenizer: Any, vocab_size: int, stop_token: str | None) -> V
         raise UserError("GGUF export supports byte-level BPE tokenizers (Llama-3.x, SmolLM2, Qwen2) and "
                         f"SentencePiece-style BPE with byte fallback (Llama-2, Mistral); this one is {model.get('type')}")
     spm = bool(model.get("byte_fallback"))
+    if not spm and (tok_json.get("normalizer") or {"type": "NFC"}).get("type") != "NFC":
+        # NFC (Qwen2's) changes no text that is already composed, which is nearly all text; anything else does
+        raise UserError("GGUF export: this byte-level BPE tokenizer has a normalizer "
+                        f"({json.dumps(tok_json['normalizer'])[:120]}); llama.cpp's gpt2 vocabulary applies none, so "
+                        "it would split some text differently (x², ①, full-width letters...)")
     pre = "default" if spm else detect_pre_tokenizer(tok_json)
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
     if max(by_id) >= vocab_size:
@@ -114,8 +122,8 @@ def vocab_metadata(tokenizer: Any, vocab_size: int, stop_token: str | None) -> V
         if isinstance(value, int):
             special[key] = value
     if stop_token:
-        stop_id = tokenizer.convert_tokens_to_ids(stop_token)
-        if isinstance(stop_id, int) and stop_id != getattr(tokenizer, "unk_token_id", None):
+        stop_id = tokenizer.convert_tokens_to_ids(stop_token) if stop_token in tokenizer.get_vocab() else None
+        if isinstance(stop_id, int):
             special["eot"] = stop_id
     probe = tokenizer("a")["input_ids"]
     bare = tokenizer("a", add_special_tokens=False)["input_ids"]

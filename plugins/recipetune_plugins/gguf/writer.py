@@ -82,10 +82,29 @@ def hyper_parameters(model: Any) -> Hyper:
     scaling = rope if rope.get("rope_type", rope.get("type", "default")) not in (None, "default") else None
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    refuse_unwritable(config, arch, name, head_dim)
     return Hyper(arch, permute, config.num_hidden_layers, config.hidden_size, config.intermediate_size, heads,
                  getattr(config, "num_key_value_heads", None) or heads, head_dim, config.max_position_embeddings,
                  float(config.rms_norm_eps), float(theta), scaling, model.get_input_embeddings().weight.shape[0],
                  bool(getattr(config, "tie_word_embeddings", False)))
+
+
+def refuse_unwritable(config: Any, arch: str, name: str, head_dim: int) -> None:
+    """Refuse, before anything is written, what llama.cpp would compute differently from transformers: a file
+    that loads and answers, only not like the model (or does not load at all)."""
+    act = getattr(config, "hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise UserError(f"GGUF export: {name} uses hidden_act {act!r}; llama.cpp's {arch} architecture computes SiLU")
+    window = getattr(config, "sliding_window", None)
+    uses_window = getattr(config, "use_sliding_window", True) if arch == "qwen2" else True
+    context = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if window and uses_window and int(window) < context:
+        raise UserError(f"GGUF export: {name} attends through a sliding window of {window} tokens (context "
+                        f"{context}); llama.cpp's {arch} architecture attends to the whole context, so answers "
+                        f"longer than {window} tokens would differ")
+    if arch == "qwen2" and head_dim * config.num_attention_heads != config.hidden_size:
+        raise UserError(f"GGUF export: {name} has head_dim {head_dim} x {config.num_attention_heads} heads != hidden "
+                        f"size {config.hidden_size}; llama.cpp's qwen2 architecture cannot load that shape")
 
 
 def permute_for_rope(weight: np.ndarray, heads: int) -> np.ndarray:
