@@ -14,7 +14,8 @@ template) and two processes, in this one process:
     ``tokenizer.apply_chat_template(tokenize=False)``, then ``Dataset.map`` tokenizing the texts
     (what SFTTrainer does with ``dataset_num_proc=2``), every map ``batched=True, num_proc=2``;
 (b) recipetune's ``build_dataset`` (the format stage's function: read, standardize, render,
-    tokenize and mask), ``format.num_proc = 2``, cache off.
+    tokenize and mask), ``format.num_proc = 2``, cache off; (b') the same with
+    ``RECIPETUNE_FAST_BPE=0`` (the model's tokenizer alone, no fast BPE engine).
 
 The token ids of every row must be identical (asserted); (b) also builds the assistant-only loss
 masks, which (a) does not. Prints the times and the ratio, and writes
@@ -241,6 +242,15 @@ def main(argv=None) -> int:
             gc.collect()
             print(f"{label}: {times['total']:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in times.items() if k != 'total')})",
                   flush=True)
+        os.environ["RECIPETUNE_FAST_BPE"] = "0"  # (b') the model's tokenizer alone, for the engine's share
+        _, tok_b0 = load_tokenizer()
+        dataset0, times_b0 = recipetune_way(data, tok_b0, args.num_proc, tmp)
+        del os.environ["RECIPETUNE_FAST_BPE"]
+        print(f"(b') recipetune build_dataset with RECIPETUNE_FAST_BPE=0: {times_b0['total']:.1f} s", flush=True)
+        table0 = dataset0.train
+        same_ids(table0.ids, table0.offsets, np.load(tmp / "a_ids.npy"), np.load(tmp / "a_offsets.npy"), args.n, "a vs b'")
+        del dataset0, table0
+        gc.collect()
         dataset, times_b = recipetune_way(data, tok_b, args.num_proc, tmp)
         print(f"(b) recipetune build_dataset (read, standardize, render, tokenize, mask): {times_b['total']:.1f} s", flush=True)
 
@@ -254,13 +264,15 @@ def main(argv=None) -> int:
     ratio = runs["a"]["total"] / times_b["total"]
     ratio_batched = runs["a_batched"]["total"] / times_b["total"]
     print(f"identical token ids on all {args.n} rows ({tokens} tokens; recipetune also masks: {trained} trained)")
-    print(f"ratio (a)/(b): {ratio:.2f}x  (goal >= 1.5x);  (a')/(b): {ratio_batched:.2f}x")
+    print(f"ratio (a)/(b): {ratio:.2f}x  (goal >= 1.5x);  (a')/(b): {ratio_batched:.2f}x;  "
+          f"(a)/(b'): {runs['a']['total'] / times_b0['total']:.2f}x")
 
     result = {"date": dt.date.today().isoformat(), "n": args.n, "num_proc": args.num_proc, "cpus": os.cpu_count(),
               "machine": platform.machine(), "data": shape, "tokens": tokens, "trained_tokens": trained,
               "notebook_way_s": {k: round(v, 2) for k, v in runs["a"].items()},
               "notebook_way_batched_tokenize_s": {k: round(v, 2) for k, v in runs["a_batched"].items()},
               "recipetune_s": {k: round(v, 2) for k, v in times_b.items()},
+              "recipetune_without_fast_bpe_s": {k: round(v, 2) for k, v in times_b0.items()},
               "ratio": round(ratio, 3), "ratio_vs_batched": round(ratio_batched, 3),
               "versions": versions(), "tokenizer": str(folder)}
     args.out.mkdir(parents=True, exist_ok=True)
