@@ -339,3 +339,21 @@ def test_the_trainer_does_not_cut_samples_the_format_stage_kept_whole(tmp_path):
     assert config.max_length == 4096
     run.state["format_stats"]["max_seq_length"] = 128
     assert trainer.config(run, SimpleNamespace(max_seq_length=256), has_eval=False).max_length == 256
+
+
+def test_a_template_that_rewrites_earlier_answers_is_refused_not_masked_wrongly():
+    """Qwen3-style: earlier assistant turns lose their reasoning once the conversation goes on. Prefix renderings
+    then miss the first answer; that must be an error (the sample is dropped and counted), never a silent
+    untrained answer."""
+    from recipetune.data.templating import assistant_spans
+
+    template = ("{%- for m in messages %}{%- if m.role == 'assistant' and not loop.last %}"
+                "{{ '<|im_start|>assistant\\n' + m.content.split('</think>')[-1] + '<|im_end|>\\n' }}"
+                "{%- else %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+                "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}")
+    messages = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "<think>r</think>a"},
+                {"role": "user", "content": "q2"}, {"role": "assistant", "content": "b"}]
+    with pytest.raises(ValueError, match="writes an earlier assistant turn differently"):
+        assistant_spans(template, messages)
+    text, spans = assistant_spans(template, messages[:2])  # one answer: nothing is rewritten
+    assert [text[s.start:s.end] for s in spans] == ["<think>r</think>a<|im_end|>\n"]

@@ -483,3 +483,27 @@ def test_several_processes_give_the_same_samples(tmp_path, tokenizer_dir, tok):
     assert (two.train.ids == one.train.ids).all() and (two.train.labels == one.train.labels).all()
     assert (two.train.offsets == one.train.offsets).all() and two.train.texts == one.train.texts
     assert two.stats["samples_with_trained_stop_token"] == len(rows)
+
+
+def test_a_named_split_that_is_all_malformed_is_an_error(tmp_path, tokenizer_dir, tok):
+    data = tmp_path / "splits.json"
+    data.write_text(json.dumps({"train": [{"conversations": chat(0)}], "validation": [{"text": "no turns"}] * 2}))
+    recipe = make_recipe(tmp_path, tokenizer_dir, fmt='validation_split = "validation"', data=data)
+    with pytest.raises(UserError, match=r"format.validation_split = 'validation': no row of split 'validation' could be "
+                                        r"read as 'sharegpt' \(2 rows, all malformed; columns of the first: text\)"):
+        build_dataset(recipe, tok)
+
+
+def test_csv_cells_are_read_as_the_text_written(tmp_path, tokenizer_dir, tok):
+    data = tmp_path / "data.csv"
+    data.write_text("instruction,input,output\nWhat is 2 + 2?,,4\nAdd them.,1 2,3\n", encoding="utf-8")
+    ds = build_dataset(make_recipe(tmp_path, tokenizer_dir, data=data, standardizer='"alpaca"'), tok)
+    assert [s["text"] for s in ds.train] == [chatml(("user", "What is 2 + 2?"), ("assistant", "4")),
+                                             chatml(("user", "Add them.\n\n1 2"), ("assistant", "3"))]
+
+
+def test_a_role_mapping_to_an_unknown_role_is_a_recipe_error(tmp_path, tokenizer_dir, recipe_problems):
+    data = write_jsonl(tmp_path / "data.jsonl", [{"conversations": chat(0)}])
+    text = recipe_text(tokenizer_dir, data, standardizer='{ use = "sharegpt", roles = { bot = "asistant" } }')
+    [problem] = recipe_problems(text)
+    assert "format.standardizer.roles.bot: Input should be 'system', 'user' or 'assistant' (got 'asistant')" in problem

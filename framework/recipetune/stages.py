@@ -22,7 +22,8 @@ def load_model(run: Run) -> Loaded:
 @hookimpl(trylast=True)
 def adapt_model(run: Run, loaded: Loaded) -> Loaded:
     if run.recipe.adapt is None:
-        run.logger.info("no [adapt] table: every parameter is trained (full fine-tuning)")
+        if run.recipe.train is not None:  # an export-only recipe trains nothing
+            run.logger.info("no [adapt] table: every parameter is trained (full fine-tuning)")
         return loaded
     return run.recipe.adapt.component.adapt(run, loaded)
 

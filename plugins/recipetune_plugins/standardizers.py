@@ -14,9 +14,12 @@ A row that cannot be read returns ``None`` and is counted as ``malformed``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from recipetune import DatasetFormat, Options, UserError, hookimpl
+
+RoleMap = dict[str, Literal["system", "user", "assistant"]]
+"""Extra speaker names and the role each stands for."""
 
 ROLE_NAMES = {
     "system": "system",
@@ -56,7 +59,7 @@ class ShareGPTOptions(Options):
     """Key of a turn's speaker (``role`` is read too when this key is missing)."""
     content_key: str = "value"
     """Key of a turn's text (``content`` is read too when this key is missing)."""
-    roles: dict[str, str] = {}
+    roles: RoleMap = {}
     """Extra speaker names: ``{ bot = "assistant", customer = "user" }`` (human/gpt/system are known)."""
 
 
@@ -89,7 +92,7 @@ class MessagesOptions(Options):
     """Key of a message's role."""
     content_key: str = "content"
     """Key of a message's text."""
-    roles: dict[str, str] = {}
+    roles: RoleMap = {}
     """Extra role names mapped to system, user or assistant."""
 
 

@@ -180,7 +180,13 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
     for name, split in (("validation", fmt.validation_split), ("test", fmt.test_split)):
         if split:
             extra = read_rows(fmt.dataset, split, fmt.subset)
-            parts[name] = apply_ops(_standardize(extra[:limit] if limit else extra, chosen, {}), fmt.ops, recipe.seed, {})
+            extra = extra[:limit] if limit else extra
+            records = _standardize(extra, chosen, {})
+            if extra and not records:
+                raise UserError(f"format.{name}_split = {split!r}: no row of split {split!r} could be read as "
+                                f"{chosen.name!r} ({len(extra)} rows, all malformed; columns of the first: "
+                                f"{', '.join(sorted(extra[0]))})")
+            parts[name] = apply_ops(records, fmt.ops, recipe.seed, {})
 
     settings = EncodeSettings(template_text, variables, fmt.train_on, max_len, fmt.too_long,
                               template.stop_token_for(tokenizer))

@@ -29,6 +29,8 @@ def read_rows(dataset: str, split: str = "train", subset: str | None = None) -> 
                             f"file of splits: {{\"train\": [...], \"{split}\": [...]}})")
         if path.suffix == ".jsonl":
             return _read_jsonl(path)
+        if path.suffix == ".csv":
+            return _read_csv(path)
         from datasets import load_dataset
 
         kind = LOCAL_SUFFIXES.get(path.suffix)
@@ -72,6 +74,20 @@ def _read_json(path: Path, split: str) -> list[dict[str, Any]]:
 def _kind(value: Any) -> str:
     return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean",
             type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV file with a header line, every cell the text written there (a column of digits stays text:
+    an answer "4" is not the number 4.0)."""
+    import csv
+
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            return [dict(row) for row in csv.DictReader(fh)]
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except csv.Error as exc:
+        raise UserError(f"{path}: cannot read it as csv: {exc}") from None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

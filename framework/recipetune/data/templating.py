@@ -101,6 +101,13 @@ def assistant_spans(template: str, messages: list[dict[str, Any]], **variables: 
             while end < limit and through[end] == full[end]:
                 end += 1
             exact = False
+            content = message.get("content")
+            if isinstance(content, str) and content.strip() and content.strip() not in full[len(before):end]:
+                # not Phi-3's tail: the final rendering writes this answer differently (a template that rewrites
+                # earlier turns, such as one that drops their reasoning), so its mask would miss the answer
+                raise ValueError("the chat template writes an earlier assistant turn differently once the conversation "
+                                 "goes on; assistant-only masks cannot be computed for it (set format.train_on = "
+                                 "\"all\", or train on one assistant turn per sample)")
         if end > len(before):
             spans.append(Span(len(before), end, exact))
     return full, spans
