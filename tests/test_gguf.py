@@ -185,6 +185,8 @@ def test_recipe_run_exports_checked_gguf_files_and_a_modelfile(gguf_run):
     assert "FROM ./tiny-f16.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile and "<|im_start|>" in modelfile
     resolved = json.loads((gguf_run.output_dir / "resolved.json").read_text())
     assert {a["type"] for a in resolved["artifacts"] if a["kind"] == "gguf"} == set(ggufs)
+    reader = gguf.GGUFReader(str(folder / "tiny-f16.gguf"))
+    assert _field(reader, "general.base_model.0.name") == "model"  # the local folder's name, not this machine's path
 
 
 @pytest.mark.slow

@@ -101,7 +101,10 @@ class GgufExporter(Exporter):
         folder = run.artifacts_dir / o.folder
         folder.mkdir(parents=True, exist_ok=True)
         stem = o.name or run.recipe.name
-        meta = dict(name=stem, chat_template=tokenizer.chat_template, base_model=loaded.model_name,
+        base = loaded.model_name
+        if base.startswith(("/", ".", "~")) or Path(base).exists():  # a local folder: its name, not this machine's path
+            base = Path(base).name
+        meta = dict(name=stem, chat_template=tokenizer.chat_template, base_model=base,
                     recipe_sha256=recipe_sha256(run.recipe), description=f"{stem}: fine-tuned with recipetune")
         floats = [t for t in types if t in FLOAT_TYPES]
         artifacts: list[Artifact] = []
