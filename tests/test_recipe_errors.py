@@ -265,3 +265,10 @@ def test_validate_json_prints_the_problems_of_a_broken_recipe(cli, tmp_path):
     data = json.loads(result.stdout)
     assert data["ok"] is False
     assert [(p["path"], p["line"], p["column"]) for p in data["problems"]] == [("train.max_stepz", 16, 1)]
+
+
+def test_a_string_without_quotes_gets_a_hint(recipe_problems):
+    [problem] = recipe_problems(GOOD.replace('use = "hf"', "use = hf"))
+    assert problem.endswith(':4:7: TOML syntax error: Invalid value; a string needs quotes: use = "hf"')
+    [problem] = recipe_problems(GOOD.replace("r = 8", "r = 8\nuse_rslora = True"))
+    assert problem.endswith(":10:14: TOML syntax error: Invalid value; TOML booleans are lowercase: use_rslora = true")

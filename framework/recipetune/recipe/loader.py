@@ -177,7 +177,22 @@ def parse_toml(text: str, file: str) -> tuple[dict[str, Any] | None, list[Proble
         m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
         line, col = (int(m.group(1)), int(m.group(2))) if m else (None, None)
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg)
+        if line is not None:
+            msg += _syntax_hint(text.splitlines()[line - 1] if line <= len(text.splitlines()) else "")
         return None, [Problem("", f"TOML syntax error: {msg}", file=file, line=line, column=col)]
+
+
+_BARE_VALUE = re.compile(r"^\s*([A-Za-z0-9_.\-\"']+)\s*=\s*([A-Za-z_][^\s\"'\[\]{}#,]*)\s*(#.*)?$")
+
+
+def _syntax_hint(line: str) -> str:
+    """A hint for the most common TOML slip: a string written without quotes (``use = hf``)."""
+    m = _BARE_VALUE.match(line)
+    if m and m.group(2).lower() in ("true", "false") and m.group(2) not in ("true", "false"):
+        return f"; TOML booleans are lowercase: {m.group(1)} = {m.group(2).lower()}"
+    if m and m.group(2) not in ("true", "false", "inf", "nan"):
+        return f'; a string needs quotes: {m.group(1)} = "{m.group(2)}"'
+    return ""
 
 
 def load_recipe(path: str | Path, overrides: list[str] = (), pm: "PluginManager | None" = None) -> Recipe:
