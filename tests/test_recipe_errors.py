@@ -272,3 +272,13 @@ def test_a_string_without_quotes_gets_a_hint(recipe_problems):
     assert problem.endswith(':4:7: TOML syntax error: Invalid value; a string needs quotes: use = "hf"')
     [problem] = recipe_problems(GOOD.replace("r = 8", "r = 8\nuse_rslora = True"))
     assert problem.endswith(":10:14: TOML syntax error: Invalid value; TOML booleans are lowercase: use_rslora = true")
+
+
+def test_values_keep_their_toml_types(recipe_problems):
+    problems = recipe_problems(GOOD.replace("max_steps = 10", 'max_steps = "10"\nlearning_rate = 1\npacking = "false"')
+                               .replace("r = 8", "r = 8e0"))
+    joined = "\n".join(problems)
+    assert len(problems) == 3, problems
+    assert ":16:1: train.max_steps: Input should be a valid integer (got '10')" in joined
+    assert ":18:1: train.packing: Input should be a valid boolean (got 'false')" in joined
+    assert ":9:1: adapt.r: Input should be a valid integer (got 8.0)" in joined  # learning_rate = 1 is a float

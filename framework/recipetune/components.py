@@ -20,9 +20,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class Options(BaseModel):
-    """Base of every component's options: unknown keys are errors."""
+    """Base of every component's options: unknown keys are errors, and values keep their TOML types (``"10"`` is
+    not a number, ``"false"`` not a boolean, ``1e3`` not an integer; an integer is a float)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, protected_namespaces=(), strict=True)
 
 
 class Component:

@@ -44,7 +44,7 @@ OP_KEYS: dict[str, dict[str, str]] = {
 class Op(BaseModel):
     """One ``[[format.ops]]`` table. ``op`` names the operation; the other keys are its settings."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True, strict=True)
 
     op: Literal["system_prompt", "filter", "drop_empty", "dedupe", "shuffle", "limit"]
     """The operation: system_prompt, filter, drop_empty, dedupe, shuffle or limit."""

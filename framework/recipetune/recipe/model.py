@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 class RecipeHeader(BaseModel):
     """The top-level keys of a recipe (besides the stage tables)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, strict=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
     """Run name; the run folder is ``runs/<name>/<timestamp>`` unless ``output_dir`` is set."""
@@ -40,7 +40,7 @@ class FormatTable(BaseModel):
     and split (see ``docs/data.md``).
     """
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, strict=True)
 
     dataset: PathOrHubId
     """A local file (``.jsonl``, ``.json``, ``.parquet``, ``.csv``; relative to the recipe) or a Hub dataset id."""

@@ -43,7 +43,7 @@ def _default(field) -> str:
 
 def _type(field) -> str:
     text = str(field.annotation).replace("typing.", "").replace("pathlib.", "").replace("<class '", "").replace("'>", "")
-    text = re.sub(r"Annotated\[(\w+), AfterValidator\(func=<function \w+ at 0x[0-9a-f]+>\)\]", r"\1", text)
+    text = re.sub(r"Annotated\[(\w+), (?:Strict\(strict=False\), )?AfterValidator\(func=<function \w+ at 0x[0-9a-f]+>\)\]", r"\1", text)
     return text.replace("|", "\\|")
 
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, ValidationInfo
+from pydantic import AfterValidator, Strict, ValidationInfo
 
 
 def _recipe_dir(info: ValidationInfo) -> Path:
@@ -72,10 +72,10 @@ def _existing_path(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
-RecipePath = Annotated[Path, AfterValidator(_resolve_path)]
+RecipePath = Annotated[Path, Strict(False), AfterValidator(_resolve_path)]
 """A local path, relative to the recipe file (it may not exist yet: an output)."""
 
-ExistingRecipePath = Annotated[Path, AfterValidator(_existing_path)]
+ExistingRecipePath = Annotated[Path, Strict(False), AfterValidator(_existing_path)]
 """A local path relative to the recipe file that must exist (an input)."""
 
 PathOrHubId = Annotated[str, AfterValidator(_resolve_if_local)]
