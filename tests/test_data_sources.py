@@ -461,6 +461,7 @@ def test_recipe_data_json(cli_recipe, tmp_path):
     stats = report["stats"]
     assert (stats["rows"], stats["read"], stats["kept"], stats["samples"], stats["validation"]) == (31, 31, 30, 24, 6)
     assert report["dropped"] == {"malformed": 1}
+    assert report["dropped_examples"]["malformed"] == "not readable as 'sharegpt': row 31: {\"conversations\": \"broken\"}"
     assert stats["standardizer"] == "sharegpt" and stats["stop_token"] == "<|im_end|>"
     assert stats["samples_with_trained_stop_token"] == 24 and report["stop_token_warning"] is None
     assert sum(h["count"] for h in report["histogram"]) == 30
@@ -507,3 +508,13 @@ def test_a_role_mapping_to_an_unknown_role_is_a_recipe_error(tmp_path, tokenizer
     text = recipe_text(tokenizer_dir, data, standardizer='{ use = "sharegpt", roles = { bot = "asistant" } }')
     [problem] = recipe_problems(text)
     assert "format.standardizer.roles.bot: Input should be 'system', 'user' or 'assistant' (got 'asistant')" in problem
+
+
+def test_rows_dropped_by_operations_come_with_an_example(tmp_path, tokenizer_dir, tok):
+    rows = [{"conversations": chat(i), "lang": "en" if i % 3 else "fr"} for i in range(9)] + [{"conversations": chat(1), "lang": "en"}]
+    ops = '[[format.ops]]\nop = "filter"\ncolumn = "lang"\nequals = "en"\n\n[[format.ops]]\nop = "dedupe"\n'
+    ds = build_dataset(make_recipe(tmp_path, tokenizer_dir, rows, fmt=ops), tok, keep_dropped=1)
+    assert (ds.stats["dropped_filtered"], ds.stats["dropped_duplicate"]) == (3, 1)
+    examples = ds.stats["dropped_examples"]
+    assert examples["filtered"].startswith('row 1: {"conversations": [{"from": "human", "value": "Question 0?"}')
+    assert examples["duplicate"].startswith("row 10: ")

@@ -181,6 +181,9 @@ def register_commands(cli):
                    f"test {stats['test']})")
         click.echo("dropped: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none")
                    + f" · truncated {stats['truncated']} (max_seq_length {stats['max_seq_length']})")
+        for reason, example in examples.items():
+            first = " ".join(example.split())
+            click.echo(f"  e.g. {reason}: {first[:160]}{'...' if len(first) > 160 else ''}")
         click.echo(f"tokens {stats['tokens']} · trained {stats['trained_tokens']} · mean length {stats['mean_length']} "
                    f"· max {stats['max_length']} · stop token {stats['stop_token']!r} trained in "
                    f"{stats['samples_with_trained_stop_token']} of {stats['samples']} samples · cache {stats['cache']}")

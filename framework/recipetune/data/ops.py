@@ -123,13 +123,28 @@ class Record:
     messages: list[dict[str, str]]
 
 
-def apply_ops(records: list[Record], ops: list[Op], default_seed: int, dropped: dict[str, int]) -> list[Record]:
-    """Apply ``ops`` in order; count removed rows in ``dropped`` by reason."""
+def describe_row(index: int, row: dict[str, Any], limit: int = 300) -> str:
+    """``row N: {...}`` (the row's place in the data as read, 1-based, and its JSON, cut to ``limit``)."""
+    import json
+
+    text = json.dumps(row, ensure_ascii=False, default=str)
+    return f"row {index + 1}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def apply_ops(records: list[Record], ops: list[Op], default_seed: int, dropped: dict[str, int],
+              examples: dict[str, str] | None = None) -> list[Record]:
+    """Apply ``ops`` in order; count removed rows in ``dropped`` by reason (and keep the first one removed for each
+    reason in ``examples``)."""
     for op in ops:
-        before = len(records)
+        before = records
         records, reason = _APPLY[op.op](records, op, default_seed)
-        if reason and len(records) < before:
-            dropped[reason] = dropped.get(reason, 0) + before - len(records)
+        if reason and len(records) < len(before):
+            dropped[reason] = dropped.get(reason, 0) + len(before) - len(records)
+            if examples is not None and reason not in examples:
+                kept = {id(rec) for rec in records}
+                first = next((rec for rec in before if id(rec) not in kept), None)
+                if first is not None:
+                    examples[reason] = describe_row(first.index, first.row)
     return records
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..components import ChatTemplate, DatasetFormat, FormattedDataset
 from ..problems import NoChatTemplate, UserError
 from .encode import EncodeSettings, encode_conversations, encode_one
-from .ops import Record, apply_ops
+from .ops import Record, apply_ops, describe_row
 from .samples import IGNORE, SampleTable
 from .sources import read_rows
 
@@ -89,7 +89,8 @@ def _resolve_format(fmt: DatasetFormat, rows: list[dict[str, Any]]) -> DatasetFo
     return resolve(rows) if callable(resolve) else fmt
 
 
-def _standardize(rows: list[dict[str, Any]], fmt: DatasetFormat, dropped: dict[str, int]) -> list[Record]:
+def _standardize(rows: list[dict[str, Any]], fmt: DatasetFormat, dropped: dict[str, int],
+                 examples: dict[str, str] | None = None) -> list[Record]:
     records = []
     for i, row in enumerate(rows):
         try:
@@ -100,6 +101,8 @@ def _standardize(rows: list[dict[str, Any]], fmt: DatasetFormat, dropped: dict[s
             records.append(Record(i, row, conv))
         else:
             dropped["malformed"] = dropped.get("malformed", 0) + 1
+            if examples is not None and "malformed" not in examples:
+                examples["malformed"] = f"not readable as {fmt.name!r}: " + describe_row(i, row)
     return records
 
 
@@ -167,7 +170,8 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
         log.info("format.standardizer auto: the rows look like %r; using it", chosen.name)
     if missing_template is not None and chosen.name != "text":
         raise missing_template
-    parts: dict[str, list[Record]] = {"train": _standardize(rows, chosen, dropped)}
+    row_examples: dict[str, str] = {}  # the first row dropped for each reason before templating
+    parts: dict[str, list[Record]] = {"train": _standardize(rows, chosen, dropped, row_examples)}
     if not parts["train"]:
         import json
 
@@ -176,7 +180,7 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
                         f"({len(rows)} rows, all malformed; columns of the first: {', '.join(sorted(rows[0]))}); "
                         "check format.standardizer and its column options. First row read: "
                         f"{first[:300]}{'...' if len(first) > 300 else ''}")
-    parts["train"] = apply_ops(parts["train"], fmt.ops, recipe.seed, dropped)
+    parts["train"] = apply_ops(parts["train"], fmt.ops, recipe.seed, dropped, row_examples)
     for name, split in (("validation", fmt.validation_split), ("test", fmt.test_split)):
         if split:
             extra = read_rows(fmt.dataset, split, fmt.subset)
@@ -233,7 +237,7 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
     stats["cache"] = "miss" if key is not None else "off"
     stats["seconds"] = round(time.perf_counter() - started, 2)
     if keep_dropped:
-        stats["dropped_examples"] = {k: v for k, v in encoded.examples.items()}
+        stats["dropped_examples"] = {**row_examples, **encoded.examples}
     if key is not None:
         data_cache.save(key, tables, {k: v for k, v in stats.items() if k != "dropped_examples"})
     return _formatted(tables, template, stats)
