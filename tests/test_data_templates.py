@@ -269,3 +269,17 @@ def test_a_system_turn_in_the_middle_is_treated_as_the_official_templates_treat_
                       lambda: official_render("mistral", messages, False, **OFFICIAL_FILES["mistral"][1])):
         with pytest.raises(TemplateError, match="Only user and assistant roles are supported"):
             render_it()
+
+
+def test_alpaca_rows_with_an_input_get_alpacas_input_prompt(tokenizer):
+    """alpaca-lora's prompt_input: its own preamble and a ### Input: section (the standardizer keeps the input)."""
+    from recipetune_plugins.chat_templates import ALPACA_INPUT_SYSTEM
+    from recipetune_plugins.standardizers import Alpaca
+
+    eos = tokenizer.eos_token
+    with_input = Alpaca().standardize({"instruction": "Add the numbers.", "input": "2 3", "output": "5"})
+    assert with_input[0]["content"] == "Add the numbers.\n\n2 3"  # what every other template sees
+    assert ours("alpaca", tokenizer, with_input, False) == (
+        f"{ALPACA_INPUT_SYSTEM}\n\n### Instruction:\nAdd the numbers.\n\n### Input:\n2 3\n\n### Response:\n5{eos}")
+    without = Alpaca().standardize({"instruction": "Say hi.", "input": "", "output": "hi"})
+    assert ours("alpaca", tokenizer, without, False) == f"{ALPACA_PRE}\n\n### Instruction:\nSay hi.\n\n### Response:\nhi{eos}"

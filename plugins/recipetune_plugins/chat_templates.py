@@ -278,16 +278,20 @@ class Zephyr(ChatTemplate):
 
 # ---------------------------------------------------------------- plain-text formats
 ALPACA_SYSTEM = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+ALPACA_INPUT_SYSTEM = ("Below is an instruction that describes a task, paired with an input that provides further "
+                       "context. Write a response that appropriately completes the request.")
 _ALPACA = """\
 {%- if messages and messages[0]['role'] == 'system' %}
     {{- messages[0]['content'] }}
     {%- set loop_messages = messages[1:] %}
 {%- else %}
-    {{- @SYSTEM@ }}
     {%- set loop_messages = messages %}
+    {{- @INPUT_SYSTEM@ if loop_messages and loop_messages[0].get('input') else @SYSTEM@ }}
 {%- endif %}
 {%- for message in loop_messages %}
-    {%- if message['role'] == 'user' %}
+    {%- if message['role'] == 'user' and message.get('input') %}
+        {{- '\\n\\n### Instruction:\\n' + message['instruction'] + '\\n\\n### Input:\\n' + message['input'] }}
+    {%- elif message['role'] == 'user' %}
         {{- '\\n\\n### Instruction:\\n' + message['content'] }}
     {%- elif message['role'] == 'assistant' %}
         {{- '\\n\\n### Response:\\n' + message['content'] + eos_token }}
@@ -296,12 +300,13 @@ _ALPACA = """\
 {%- if add_generation_prompt %}
     {{- '\\n\\n### Response:\\n' }}
 {%- endif %}
-""".replace("@SYSTEM@", json.dumps(ALPACA_SYSTEM))
+""".replace("@SYSTEM@", json.dumps(ALPACA_SYSTEM)).replace("@INPUT_SYSTEM@", json.dumps(ALPACA_INPUT_SYSTEM))
 
 
 class Alpaca(ChatTemplate):
-    """Alpaca's instruction format (alpaca-lora's prompt): the preamble, ``### Instruction:``, ``### Response:``,
-    the answer and the tokenizer's EOS; later turns repeat the two headers."""
+    """Alpaca's instruction format (alpaca-lora's prompts): the preamble, ``### Instruction:``, ``### Input:`` for a
+    row with an input (the ``alpaca`` standardizer keeps it apart; then the preamble mentions it), ``### Response:``,
+    the answer and the tokenizer's EOS; later turns repeat the headers."""
 
     name = "alpaca"
     template = _ALPACA

@@ -139,8 +139,10 @@ class Alpaca(DatasetFormat):
             return None
         if extra is not None and not isinstance(extra, str):
             return None
-        user = instruction + ("\n\n" + extra if extra and extra.strip() else "")
-        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+        turn: dict[str, str] = {"role": "user", "content": instruction}
+        if extra and extra.strip():  # other templates see instruction and input as one text; the alpaca template
+            turn = {**turn, "content": instruction + "\n\n" + extra, "instruction": instruction, "input": extra}
+        messages = [turn, {"role": "assistant", "content": output}]  # writes its ### Input: section
         system = row.get(o.system) if o.system else None
         if isinstance(system, str) and system.strip():
             messages.insert(0, {"role": "system", "content": system})
