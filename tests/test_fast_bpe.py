@@ -68,6 +68,14 @@ def test_the_quickstart_tokenizer_including_bytes_it_has_no_token_for():
             continue
         assert ids.tolist() == backend.encode(text, add_special_tokens=False).ids, text
     assert left_to_the_tokenizer <= 1  # the control characters: SmolLM2 has no token for some of those bytes
+    # every token of the vocabulary as text, each next to the following one, and runs of 50: the pieces where
+    # merging by rank and merging by pair could part
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    words = [w for w in (tokenizer.convert_tokens_to_string([t]) for t in tokenizer.get_vocab()) if "\ufffd" not in w]
+    texts = words + [a + b for a, b in zip(words, words[1:])] + [" ".join(words[i:i + 50]) for i in range(0, len(words), 50)]
+    differ = [t for t, enc in zip(texts, backend.encode_batch(texts, add_special_tokens=False))
+              if (ids := fast.encode(t)) is not None and ids.tolist() != enc.ids]
+    assert len(texts) > 90_000 and differ == []
 
 
 def _conversations(n: int) -> list[list[dict[str, str]]]:
