@@ -490,8 +490,8 @@ def test_a_named_split_that_is_all_malformed_is_an_error(tmp_path, tokenizer_dir
     data = tmp_path / "splits.json"
     data.write_text(json.dumps({"train": [{"conversations": chat(0)}], "validation": [{"text": "no turns"}] * 2}))
     recipe = make_recipe(tmp_path, tokenizer_dir, fmt='validation_split = "validation"', data=data)
-    with pytest.raises(UserError, match=r"format.validation_split = 'validation': no row of split 'validation' could be "
-                                        r"read as 'sharegpt' \(2 rows, all malformed; columns of the first: text\)"):
+    with pytest.raises(UserError, match=r"format.validation_split = 'validation': no row could be read as 'sharegpt' "
+                                        r"\(2 rows, all malformed; columns of the first: text\)"):
         build_dataset(recipe, tok)
 
 

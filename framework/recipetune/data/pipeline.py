@@ -106,6 +106,16 @@ def _standardize(rows: list[dict[str, Any]], fmt: DatasetFormat, dropped: dict[s
     return records
 
 
+def _none_readable(where: str, rows: list[dict[str, Any]], fmt: DatasetFormat) -> UserError:
+    """The error for data none of whose rows the standardizer can read."""
+    import json
+
+    first = json.dumps(rows[0], ensure_ascii=False, default=str)
+    return UserError(f"{where}: no row could be read as {fmt.name!r} ({len(rows)} rows, all malformed; columns of "
+                     f"the first: {', '.join(sorted(rows[0]))}); check format.standardizer and its column options. "
+                     f"First row read: {first[:300]}{'...' if len(first) > 300 else ''}")
+
+
 def _max_len(recipe: "Recipe", max_seq_length: int | None) -> int:
     return (recipe.format.max_seq_length or max_seq_length
             or recipe.load.options.model_dump().get("max_seq_length") or 2048)
@@ -173,13 +183,7 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
     row_examples: dict[str, str] = {}  # the first row dropped for each reason before templating
     parts: dict[str, list[Record]] = {"train": _standardize(rows, chosen, dropped, row_examples)}
     if not parts["train"]:
-        import json
-
-        first = json.dumps(rows[0], ensure_ascii=False, default=str)
-        raise UserError(f"format.dataset {fmt.dataset}: no row could be read as {chosen.name!r} "
-                        f"({len(rows)} rows, all malformed; columns of the first: {', '.join(sorted(rows[0]))}); "
-                        "check format.standardizer and its column options. First row read: "
-                        f"{first[:300]}{'...' if len(first) > 300 else ''}")
+        raise _none_readable(f"format.dataset {fmt.dataset}", rows, chosen)
     parts["train"] = apply_ops(parts["train"], fmt.ops, recipe.seed, dropped, row_examples)
     for name, split in (("validation", fmt.validation_split), ("test", fmt.test_split)):
         if split:
@@ -187,9 +191,7 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
             extra = extra[:limit] if limit else extra
             records = _standardize(extra, chosen, {})
             if extra and not records:
-                raise UserError(f"format.{name}_split = {split!r}: no row of split {split!r} could be read as "
-                                f"{chosen.name!r} ({len(extra)} rows, all malformed; columns of the first: "
-                                f"{', '.join(sorted(extra[0]))})")
+                raise _none_readable(f"format.{name}_split = {split!r}", extra, chosen)
             parts[name] = apply_ops(records, fmt.ops, recipe.seed, {})
 
     settings = EncodeSettings(template_text, variables, fmt.train_on, max_len, fmt.too_long,

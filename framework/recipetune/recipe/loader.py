@@ -55,15 +55,13 @@ class _Collector:
         self.items.append((tuple(path), Problem(dotted(path), message, severity)))  # type: ignore[arg-type]
 
     def from_validation(self, base: PathKey, exc: ValidationError, model: type[BaseModel], label: str) -> None:
-        alternatives: dict[PathKey, list[str]] = {}  # a value that matched no member of a union: one problem
+        # a value that matched no member of a union gives one error per member: report them as one problem
+        alternatives: dict[PathKey, tuple[list[str], Any]] = {}
         for err in exc.errors(include_url=False):
             field_loc = tuple(part for part in err["loc"] if not _is_union_tag(part))
             if field_loc != tuple(err["loc"]) and err["type"] != "extra_forbidden":
-                first = base + field_loc not in alternatives
-                alternatives.setdefault(base + field_loc, []).append(_clean(err["msg"]))
-                if first:
-                    self.add(base + field_loc, "")
-                    self.items[-1][1].message = _input_note(err.get("input"))  # placeholder: the "got" part
+                messages, _ = alternatives.setdefault(base + field_loc, ([], err.get("input")))
+                messages.append(_clean(err["msg"]).removeprefix("Input should be "))
                 continue
             loc = base + tuple(err["loc"])
             kind = err["type"]
@@ -87,10 +85,8 @@ class _Collector:
                 msg = _clean(err["msg"])
                 msg += _input_note(err.get("input"), msg)
             self.add(loc, msg)
-        for path, problem in self.items:
-            if path in alternatives and not problem.message.startswith("expected "):
-                choices = " or ".join(dict.fromkeys(m.removeprefix("Input should be ") for m in alternatives[path]))
-                problem.message = f"expected {choices}{problem.message}"
+        for path, (messages, value) in alternatives.items():
+            self.add(path, f"expected {' or '.join(dict.fromkeys(messages))}{_input_note(value)}")
 
 
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\]|[a-z-]+\[.*\])$")
