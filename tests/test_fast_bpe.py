@@ -116,3 +116,17 @@ def test_a_disagreement_on_a_checked_text_falls_back_to_the_tokenizer(monkeypatc
     assert np.array_equal(got.table.ids, expected.table.ids)
     assert np.array_equal(got.table.labels, expected.table.labels)
     assert "fast BPE engine disagreed with the tokenizer" in caplog.text
+
+
+def test_a_text_the_engine_leaves_to_the_tokenizer_gets_the_tokenizers_samples(monkeypatch):
+    from recipetune.data import fast_bpe
+
+    tokenizer = make_tokenizer(style="gpt2")
+    conversations = _conversations(40)
+    monkeypatch.setenv("RECIPETUNE_FAST_BPE", "0")
+    expected = encode_conversations(tokenizer, _settings(tokenizer), conversations)
+    monkeypatch.delenv("RECIPETUNE_FAST_BPE")
+    real = fast_bpe.FastEncoder.encode
+    monkeypatch.setattr(fast_bpe.FastEncoder, "encode", lambda self, text: None if "question 7" in text else real(self, text))
+    got = encode_conversations(tokenizer, _settings(tokenizer), conversations)
+    assert np.array_equal(got.table.ids, expected.table.ids) and np.array_equal(got.table.labels, expected.table.labels)

@@ -240,11 +240,16 @@ def _encode(tokenizer: Any, backend: Any, texts: list[str], spans: list[list | N
                 for (ids, offsets), sp in zip(_tokenize(tokenizer, None, texts), spans)]
     if fast is not None and lengths is not None:
         out_fast: list = []
-        for ids, sp, text in zip(_fast_ids(fast, backend, texts), spans, texts):
+        retry_fast: list[int] = []
+        for k, (ids, sp, text) in enumerate(zip(_fast_ids(fast, backend, texts), spans, texts)):
             labels = ids.copy() if sp is None else _byte_span_labels(text, ids, lengths, sp)
-            if labels is None:  # cannot happen for ids the tokenizer agrees with; be safe all the same
-                raise FastBPEMismatch()
+            if labels is None:  # tokens that do not spell the text (a byte without a token): use the offsets
+                retry_fast.append(k)
             out_fast.append((ids, labels))
+        if retry_fast:
+            again = _encode(tokenizer, backend, [texts[k] for k in retry_fast], [spans[k] for k in retry_fast], None)
+            for k, pair in zip(retry_fast, again):
+                out_fast[k] = pair
         return out_fast
     fast = hasattr(backend, "encode_batch_fast") and (lengths is not None or all(sp is None for sp in spans))
     out: list = []
