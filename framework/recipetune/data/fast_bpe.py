@@ -134,8 +134,9 @@ def fast_encoder(backend: Any) -> FastEncoder | None:
     # A byte without a token of its own (SmolLM2 has none for 21 bytes, most of which UTF-8 never writes) keeps
     # its rank with id -1: a text that needs one is encoded by the tokenizer itself (see FastEncoder.encode).
     # tiktoken wants ranks 0..n-1 without gaps: renumber, keeping the order
-    dense = {token: new for new, (token, _) in enumerate(sorted(ranks.items(), key=lambda kv: kv[1]))}
-    dense_to_id = np.asarray([rank_to_id[old] for _, old in sorted(ranks.items(), key=lambda kv: kv[1])], dtype=np.int32)
+    ordered = sorted(ranks.items(), key=lambda kv: kv[1])
+    dense = {token: new for new, (token, _) in enumerate(ordered)}
+    dense_to_id = np.asarray([rank_to_id[old] for _, old in ordered], dtype=np.int32)
     try:
         encoding = tiktoken.Encoding("recipetune-bpe", pat_str=pattern, mergeable_ranks=dense, special_tokens={})
     except Exception:  # a regex tiktoken's engine does not take
