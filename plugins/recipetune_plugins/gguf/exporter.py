@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 
 from recipetune import Artifact, Exporter, Options, Problem, UserError, hookimpl
 
+from ..model_sources import local_model_path
 from .quantize import QUANT_TYPES
 from .writer import FLOAT_TYPES
 
@@ -101,9 +102,8 @@ class GgufExporter(Exporter):
         folder = run.artifacts_dir / o.folder
         folder.mkdir(parents=True, exist_ok=True)
         stem = o.name or run.recipe.name
-        base = loaded.model_name
-        if base.startswith(("/", ".", "~")) or Path(base).exists():  # a local folder: its name, not this machine's path
-            base = Path(base).name
+        local = local_model_path(loaded.model_name)
+        base = local.name if local is not None else loaded.model_name  # a local model by its name, not this machine's path
         meta = dict(name=stem, chat_template=tokenizer.chat_template, base_model=base,
                     recipe_sha256=recipe_sha256(run.recipe), description=f"{stem}: fine-tuned with recipetune")
         floats = [t for t in types if t in FLOAT_TYPES]
