@@ -1,4 +1,8 @@
-"""Atomic writes: a temporary file beside the target, then a rename."""
+"""Atomic writes: a temporary file beside the target, then a rename.
+
+Temporary files and folders (``mkstemp``/``mkdtemp``) are private (0600/0700); a finished file or
+folder gets the permissions the umask gives anything else, so a shared model folder stays readable.
+"""
 
 from __future__ import annotations
 
@@ -48,6 +52,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def follow_umask(folder: str | Path) -> None:
+    """Give ``folder`` and everything in it the permissions the umask gives new files and folders.
+
+    ``mkdtemp`` makes 0700 and some writers (``tempfile``-based savers) leave 0600 files; a finished
+    artifact must be readable as any other file the user writes (0755/0644 under umask 022).
+    """
+    mask = _umask()
+    folder = Path(folder)
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            full = os.path.join(root, name)
+            if os.path.islink(full):
+                continue
+            executable = os.stat(full).st_mode & 0o100
+            os.chmod(full, (0o777 if executable else 0o666) & ~mask)
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces the folder ``path``."""
@@ -56,6 +80,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        follow_umask(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import traceback
 from pathlib import Path
@@ -37,6 +38,25 @@ def _print_problems(problems: list[Problem]) -> None:
 def _problem_json(p: Problem) -> dict:
     return {"severity": p.severity, "path": p.path, "message": p.message, "file": p.file, "line": p.line,
             "column": p.column, "override": p.override, "text": p.render()}
+
+
+class LogFormat(logging.Formatter):
+    """``INFO message`` / ``WARNING message``: the level once, even when a message starts with its own label."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        label = record.levelname
+        for prefix in (f"{label}: ", f"{label.lower()}: ", f"{label} "):
+            if message.startswith(prefix):
+                message = message[len(prefix):]
+                break
+        return f"{label} {message}"
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(LogFormat())
 
 
 def load_or_exit(recipe_path: str, overrides: tuple[str, ...], pm=None, as_json: bool = False):
@@ -128,7 +148,7 @@ def run(recipe_path: str, overrides: tuple[str, ...], output_dir: str | None, re
     if resume and not output_dir and recipe.header.output_dir is None:
         click.echo("error: --resume needs --output-dir (or output_dir in the recipe): the run folder to continue", err=True)
         sys.exit(EXIT_PROBLEMS)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    _log_to_stderr()
     from .runner import execute, prepare_run
 
     run_ = prepare_run(recipe, pm, Path(output_dir) if output_dir else None, resume=resume)

@@ -32,6 +32,9 @@ class Component:
     kind: ClassVar[str] = "component"
     name: ClassVar[str] = ""
     Options: ClassVar[type[Options]] = Options
+    also_known_as: ClassVar[tuple[str, ...]] = ()
+    """Names other tools use for this component (``openai`` for ``messages``): a recipe that writes one is told
+    which name to use."""
 
     def __init__(self, options: Options | None = None):
         self.options = options if options is not None else self.Options()

@@ -39,14 +39,54 @@ def plot_loss(metrics: list[dict], path: Path) -> Path | None:
     return path
 
 
+def trainable_share(trainable: int, total: int) -> str:
+    """``11,272,192 trainable parameters of 1,247,086,592 (0.90%)``: the one wording of the log, plan and report.
+
+    ``total`` counts parameters as the model has them (a 4-bit weight is one parameter, not half a byte).
+    """
+    return f"{trainable:,} trainable parameters of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
+
+
+def _as_written(recipe) -> dict:
+    """The recipe's tables as its file gives them, before command-line overrides."""
+    import tomllib
+
+    try:
+        return tomllib.loads(recipe.text)
+    except (tomllib.TOMLDecodeError, TypeError):
+        return {}
+
+
+def _model_row(run: "Run") -> str:
+    """The model that ran: the override's, with the recipe's own named when they differ."""
+    recipe = run.recipe
+    model = recipe.load.options.model_dump().get("model", "?")
+    loaded = getattr(run, "loaded", None)
+    if loaded is not None and getattr(loaded, "model_name", None):
+        model = loaded.model_name
+    written = _as_written(recipe).get("load", {}).get("model")
+    note = f" (overridden; the recipe names `{written}`)" if written and written != model else ""
+    return f"| model | `{model}` via `{recipe.load.use}`{note} |"
+
+
+def _overrides_note(recipe) -> list[str]:
+    if not recipe.overrides:
+        return []
+    shown = " ".join(f"`{o}`" for o in recipe.overrides)
+    return [f"Command-line overrides: {shown}" + (" (the description above is the recipe's, written before them)."
+                                                   if recipe.header.description else "."), ""]
+
+
 def write_report(run: "Run", result: "TrainResult | None") -> Path:
     recipe = run.recipe
     lines = [f"# Run report: {recipe.name}", ""]
     if recipe.header.description:
         lines += [recipe.header.description, ""]
-    lines += ["| | |", "|---|---|",
-              f"| model | `{recipe.load.options.model_dump().get('model', '?')}` via `{recipe.load.use}` |",
+    lines += _overrides_note(recipe)
+    lines += ["| | |", "|---|---|", _model_row(run),
               f"| adapter | {recipe.adapt.use if recipe.adapt else 'none (full fine-tuning)' if recipe.train else 'none (no training: export only)'} |"]
+    if run.state.get("trainable_parameters"):
+        lines.append(f"| parameters | {trainable_share(*run.state['trainable_parameters'])} |")
     if recipe.format is not None:
         lines.append(f"| data | `{Path(recipe.format.dataset).name}` ({recipe.standardizer.use}, template {recipe.chat_template.use}) |")
     lines.append(f"| seed | {recipe.seed} |")
@@ -60,7 +100,11 @@ def write_report(run: "Run", result: "TrainResult | None") -> Path:
     lines.append("")
     stats = run.state.get("format_stats")
     if stats:
-        lines += ["## Data", "", " · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in stats.items()), ""]
+        shown = {k: v for k, v in stats.items() if k not in ("empty_answer_example", "stop_token_warning")}
+        lines += ["## Data", "", " · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in shown.items()), ""]
+        for key in ("stop_token_warning", "empty_answer_warning"):
+            if stats.get(key):
+                lines += [f"**Warning:** {stats[key]}", ""]
     metrics = run.read_metrics()
     losses = [m for m in metrics if "loss" in m]
     if losses:
@@ -74,6 +118,8 @@ def write_report(run: "Run", result: "TrainResult | None") -> Path:
         block = section.component.render(run)
         if block is not None:
             lines += [f"## {block.title}", "", block.markdown.rstrip(), ""]
+    for block in run.report_blocks:  # blocks plugins add without a [[report]] table (e.g. several processes)
+        lines += [f"## {block.title}", "", block.markdown.rstrip(), ""]
     if run.artifacts:
         lines += ["## Artifacts", ""]
         for a in run.artifacts:

@@ -145,7 +145,7 @@ def register_commands(cli):
             sys.exit(2)
         if recipe.format is None:
             raise UserError("the recipe has no [format] table")
-        from recipetune.data.pipeline import build_dataset, check_stop_token
+        from recipetune.data.pipeline import build_dataset, check_empty_answers, check_stop_token
 
         tokenizer = load_tokenizer(recipe)
         dataset = build_dataset(recipe, tokenizer, None, limit=limit, progress=not as_json and sys.stderr.isatty(),
@@ -188,7 +188,11 @@ def register_commands(cli):
                    f"· max {stats['max_length']} · stop token {stats['stop_token']!r} trained in "
                    f"{stats['samples_with_trained_stop_token']} of {stats['samples']} samples · cache {stats['cache']}")
         if warning:
+            warning = f"warning: {warning}"
             click.echo(click.style(warning, fg="red", bold=True) if color else warning, err=True)
+        empty = check_empty_answers(stats)
+        if empty:
+            click.echo(f"warning: {empty}", err=True)
         click.echo("token lengths:")
         for line in histogram_text(hist):
             click.echo(line)

@@ -7,6 +7,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from recipetune import Adapter, Loaded, Options, UserError, hookimpl
+from recipetune.report import trainable_share
+
+from .parameters import count_parameters
 
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -44,10 +47,28 @@ def peft_config(o: LoraOptions):
                       use_rslora=o.use_rslora, use_dora=o.use_dora, task_type="CAUSAL_LM")
 
 
-def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
+def planned_share(recipe) -> str | None:
+    """The trainable-parameter share the run will log, from the model's config.json (None when not local)."""
+    from .memory_estimate import read_config
+    from .model_sources import gguf_cache_dir, local_model_path
+    from .parameters import planned_parameters
+
+    try:
+        local = local_model_path(recipe.load.options.model)
+    except (UserError, AttributeError):
+        return None
+    if local is not None and local.suffix == ".gguf":
+        local = gguf_cache_dir(local)
+    cfg = read_config(local)
+    counts = planned_parameters(cfg, recipe.adapt.options) if cfg else None
+    return trainable_share(*counts) if counts else None
+
+
+def log_parameters(run, model, label: str) -> None:
+    """Log the trainable share (counted as the model has them, 4-bit weights unpacked) and keep it for the report."""
+    trainable, total = count_parameters(model)
+    run.logger.info("%s: %s", label, trainable_share(trainable, total))
+    run.state["trainable_parameters"] = (trainable, total)
 
 
 class LoraAdapter(Adapter):
@@ -59,6 +80,9 @@ class LoraAdapter(Adapter):
     def describe_plan(self, recipe):
         o = self.options
         lines = [f"r={o.r} alpha={o.alpha} on {o.target_modules}"]
+        share = planned_share(recipe)
+        if share:
+            lines.append(share)
         if recipe.load.use == "unsloth":
             off = [why for cond, why in ((o.dropout > 0, f"dropout={o.dropout}"), (o.bias != "none", f"bias={o.bias!r}"),
                                          (o.use_dora, "use_dora=true")) if cond]
@@ -89,9 +113,7 @@ class LoraAdapter(Adapter):
             model = get_peft_model(model, peft_config(o))
         except ValueError as exc:
             raise UserError(f"adapt.target_modules {o.target_modules}: {exc}") from exc
-        trainable, total = count_parameters(model)
-        run.logger.info("LoRA: %s trainable parameters of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-        run.state["trainable_parameters"] = (trainable, total)
+        log_parameters(run, model, "LoRA")
         loaded.model = model
         loaded.adapter = self.name
         return loaded
@@ -119,10 +141,7 @@ class LoraAdapter(Adapter):
             model = fast.get_peft_model(loaded.model, **self.unsloth_arguments(loaded))
         except ValueError as exc:
             raise UserError(f"adapt.target_modules {self.options.target_modules}: {exc}") from exc
-        trainable, total = count_parameters(model)
-        run.logger.info("LoRA (Unsloth): %s trainable parameters of %s (%.2f%%)", f"{trainable:,}", f"{total:,}",
-                        100 * trainable / max(total, 1))
-        run.state["trainable_parameters"] = (trainable, total)
+        log_parameters(run, model, "LoRA (Unsloth)")
         loaded.model = model
         loaded.adapter = self.name
         return loaded

@@ -100,6 +100,7 @@ class Messages(DatasetFormat):
     """OpenAI-style chat rows: ``messages = [{role, content}, ...]`` with system, user and assistant roles."""
 
     name = "messages"
+    also_known_as = ("openai",)
     Options = MessagesOptions
 
     def detect(self, row: dict[str, Any]) -> bool:

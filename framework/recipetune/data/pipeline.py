@@ -185,6 +185,7 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
     if not parts["train"]:
         raise _none_readable(f"format.dataset {fmt.dataset}", rows, chosen)
     parts["train"] = apply_ops(parts["train"], fmt.ops, recipe.seed, dropped, row_examples)
+    empty_answers = [r for r in parts["train"] if _has_empty_answer(r.messages)]
     for name, split in (("validation", fmt.validation_split), ("test", fmt.test_split)):
         if split:
             extra = read_rows(fmt.dataset, split, fmt.subset)
@@ -236,6 +237,9 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
 
     stats = _stats(tables, template, tokenizer, total=total, read=len(rows), standardizer=chosen.name,
                    dropped=dropped, truncated=encoded.truncated, max_len=max_len)
+    stats["empty_answers"] = len(empty_answers)
+    if empty_answers:
+        stats["empty_answer_example"] = describe_row(empty_answers[0].index, empty_answers[0].row, limit=160)
     stats["cache"] = "miss" if key is not None else "off"
     stats["seconds"] = round(time.perf_counter() - started, 2)
     if keep_dropped:
@@ -290,23 +294,38 @@ def _stats(tables: dict[str, SampleTable], template: ChatTemplate, tokenizer: An
 
 
 def check_stop_token(stats: dict[str, Any], train_on: str) -> str | None:
-    """A loud warning when the stop token is not trained: the model would never learn to stop."""
+    """A loud warning when the stop token is not trained: the model would never learn to stop (the log and
+    ``recipe data`` add the "warning" label)."""
     stop = stats.get("stop_token")
     if not stop:
         return None
     if stats.get("stop_token_id") is None:
-        return (f"WARNING: the stop token {stop!r} is not a single token of the tokenizer: the model cannot learn to "
+        return (f"the stop token {stop!r} is not a single token of the tokenizer: the model cannot learn to "
                 "stop. Use a chat template whose stop token the tokenizer has (or that adds it).")
     if stats.get("samples_with_trained_stop_token", 0) == 0:
-        return (f"WARNING: the stop token {stop!r} is not among the trained tokens of any sample "
+        return (f"the stop token {stop!r} is not among the trained tokens of any sample "
                 f"(format.train_on = {train_on!r}): the fine-tuned model will not learn to stop and will ramble "
                 "(the \"never stops\" failure of GGUF exports in llama.cpp and Ollama). Check that the chat template "
                 "writes the stop token at the end of assistant turns, and format.max_seq_length.")
     untruncated = stats.get("samples", 0) - stats.get("truncated", 0)
     if untruncated > 0 and stats["samples_with_trained_stop_token"] < 0.5 * untruncated:
-        return (f"WARNING: the stop token {stop!r} is trained in only {stats['samples_with_trained_stop_token']} of "
+        return (f"the stop token {stop!r} is trained in only {stats['samples_with_trained_stop_token']} of "
                 f"{stats['samples']} samples: the model may not learn to stop.")
     return None
+
+
+def _has_empty_answer(messages: list[dict[str, str]]) -> bool:
+    return any(m.get("role") == "assistant" and not str(m.get("content") or "").strip() for m in messages)
+
+
+def check_empty_answers(stats: dict[str, Any]) -> str | None:
+    """A warning when rows have an assistant turn with no text: those samples train the stop token alone."""
+    count = stats.get("empty_answers", 0)
+    if not count:
+        return None
+    return (f"{count} of {stats.get('read', '?')} rows have an empty answer (an assistant turn with no text): the "
+            "model learns to answer them with the stop token alone, and may give empty answers. Drop them with "
+            '[[format.ops]] op = "drop_empty", or fill them in. First: ' + str(stats.get("empty_answer_example", "")))
 
 
 def format_for_training(run: "Run", loaded) -> FormattedDataset:
@@ -321,6 +340,10 @@ def format_for_training(run: "Run", loaded) -> FormattedDataset:
     if warning:
         run.logger.warning("%s", warning)
         stats["stop_token_warning"] = warning
+    empty = check_empty_answers(stats)
+    if empty:
+        run.logger.warning("%s", empty)
+        stats["empty_answer_warning"] = empty
     run.state["format_stats"] = stats
     if getattr(dataset, "test", None):
         run.state["test_dataset"] = dataset.test

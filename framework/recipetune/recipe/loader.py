@@ -50,6 +50,9 @@ class _Collector:
 
     def __init__(self) -> None:
         self.items: list[tuple[PathKey, Problem]] = []
+        self.unbuildable = False
+        """A table present in the recipe could not be built even without its wrong keys (unknown ``use``...):
+        checks across sections are left for the next pass, where they would talk about a table that is not there."""
 
     def add(self, path: PathKey, message: str, severity: str = "error") -> None:
         self.items.append((tuple(path), Problem(dotted(path), message, severity)))  # type: ignore[arg-type]
@@ -135,6 +138,13 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _validate_section(pm: "PluginManager", kind: str, path: PathKey, raw: Any, ctx: dict, out: _Collector) -> Section | None:
+    """The section at ``path``, salvaged without its wrong keys when it has some; None when it cannot be built."""
+    section = _build_section(pm, kind, path, raw, ctx, out)
+    out.unbuildable |= section is None
+    return section
+
+
+def _build_section(pm: "PluginManager", kind: str, path: PathKey, raw: Any, ctx: dict, out: _Collector) -> Section | None:
     registry = pm.registry
     label = KIND_LABELS[kind]
     if isinstance(raw, str):
@@ -153,7 +163,12 @@ def _validate_section(pm: "PluginManager", kind: str, path: PathKey, raw: Any, c
         return None
     entry = registry.get(kind, use) if isinstance(use, str) else None
     if entry is None:
-        out.add(path + ("use",), registry.unknown_message(kind, use))
+        alias = next((e.name for e in registry.entries(kind) if use in getattr(e.cls, "also_known_as", ())), None)
+        if alias is not None:
+            out.add(path + ("use",), f'unknown {label} {use!r}; did you mean {alias!r}? (what other tools call '
+                                     f'{use!r} is {alias!r} here)')
+        else:
+            out.add(path + ("use",), registry.unknown_message(kind, use))
         return None
     options_model = entry.cls.Options
     rest = {k: v for k, v in raw.items() if k != "use"}
@@ -161,8 +176,28 @@ def _validate_section(pm: "PluginManager", kind: str, path: PathKey, raw: Any, c
         options = options_model.model_validate(rest, context=ctx)
     except ValidationError as exc:
         out.from_validation(path, exc, options_model, f'{label} "{use}"')
-        return None
+        options = salvage(options_model, rest, exc, ctx)
+        if options is None:
+            return None
     return Section(kind, dotted(path), use, options, entry)
+
+
+def salvage(model: type[BaseModel], raw: dict, exc: ValidationError, ctx: dict) -> BaseModel | None:
+    """``model`` built from ``raw`` without the keys that failed (their defaults instead), or None.
+
+    The wrong keys are already reported; the salvaged table lets the checks across sections run in the same pass,
+    so a user sees every problem at once instead of a new one after each fix.
+    """
+    for _ in range(3):
+        bad = {err["loc"][0] for err in exc.errors(include_url=False) if err["loc"] and isinstance(err["loc"][0], str)}
+        if not bad or not bad & set(raw):
+            return None
+        raw = {k: v for k, v in raw.items() if k not in bad}
+        try:
+            return model.model_validate(raw, context=ctx)
+        except ValidationError as again:
+            exc = again
+    return None
 
 
 def parse_toml(text: str, file: str) -> tuple[dict[str, Any] | None, list[Problem]]:
@@ -170,12 +205,33 @@ def parse_toml(text: str, file: str) -> tuple[dict[str, Any] | None, list[Proble
         return tomllib.loads(text), []
     except tomllib.TOMLDecodeError as exc:
         msg = str(exc)
+        if msg.startswith(("Cannot overwrite a value", "Cannot declare")):
+            duplicates = _duplicate_problems(text, file)
+            if duplicates:
+                return None, duplicates
         m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
         line, col = (int(m.group(1)), int(m.group(2))) if m else (None, None)
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg)
         if line is not None:
             msg += _syntax_hint(text.splitlines()[line - 1] if line <= len(text.splitlines()) else "")
         return None, [Problem("", f"TOML syntax error: {msg}", file=file, line=line, column=col)]
+
+
+def _duplicate_problems(text: str, file: str) -> list[Problem]:
+    """One problem per key or table written twice, at the second place, naming the first."""
+    found: list = []
+    index_positions(text, duplicates=found)
+    problems = []
+    for path, (first_line, _), (line, column) in found:
+        key = path[-1] if path and isinstance(path[-1], str) else dotted(path)
+        where = f"[{dotted(path[:-1])}]" if len(path) > 1 else "the top level"
+        if text.splitlines()[line - 1].lstrip().startswith("["):
+            message = f"table [{dotted(path)}] is declared twice; first declared at line {first_line}"
+        else:
+            message = (f'duplicate key "{key}" in {where}: first set at line {first_line}; '
+                       "TOML allows each key once, so delete one of the two")
+        problems.append(Problem(dotted(path), message, file=file, line=line, column=column))
+    return problems
 
 
 _BARE_VALUE = re.compile(r"^\s*([A-Za-z0-9_.\-\"']+)\s*=\s*([A-Za-z_][^\s\"'\[\]{}#,]*)\s*(#.*)?$")
@@ -237,6 +293,7 @@ def load_recipe_text(
         header = RecipeHeader.model_validate(header_raw, context=ctx)
     except ValidationError as exc:
         out.from_validation((), exc, RecipeHeader, "a recipe (top level)")
+        header = salvage(RecipeHeader, header_raw, exc, ctx)
     for key in REQUIRED:
         if key not in data:
             out.add((key,), f"missing [{key}] table")
@@ -255,11 +312,11 @@ def load_recipe_text(
         raw = data.get(key, [])
         if isinstance(raw, dict):
             out.add((key,), f"write [[{key}]] (an array of tables), not [{key}]")
-            raw = []
+            raw, out.unbuildable = [], True
         elif not isinstance(raw, list):
             out.add((key,), f"expected [[{key}]] tables (an array of tables with use = \"...\"), got "
                             f"{type(raw).__name__} {raw!r}")
-            raw = []
+            raw, out.unbuildable = [], True
         items = [_validate_section(pm, kind, (key, i), item, ctx, out) for i, item in enumerate(raw)]
         lists[key] = [s for s in items if s is not None]
 
@@ -270,6 +327,8 @@ def load_recipe_text(
             fmt = FormatTable.model_validate(raw_fmt, context=ctx)
         except ValidationError as exc:
             out.from_validation(("format",), exc, FormatTable, "[format]")
+            fmt = salvage(FormatTable, {k: v for k, v in raw_fmt.items() if k not in FORMAT_COMPONENTS}, exc, ctx)
+            out.unbuildable |= fmt is None
         for key, kind in FORMAT_COMPONENTS.items():
             value = raw_fmt.get(key, FormatTable.model_fields[key].default)
             fmt_sections[key] = _validate_section(pm, kind, ("format", key), value, ctx, out)
@@ -277,15 +336,22 @@ def load_recipe_text(
         out.add(("format",), "expected a [format] table")
 
     recipe = None
-    if header is not None and sections.get("load") is not None and not any(p.severity == "error" for _, p in out.items):
+    wrong = [path for path, p in out.items if p.severity == "error"]
+    buildable = (header is not None and sections.get("load") is not None and not out.unbuildable
+                 and ("format" in data) == (fmt is not None)
+                 and all(fmt_sections[k] is not None for k in FORMAT_COMPONENTS if fmt is not None))
+    if buildable:
         recipe = Recipe(
             header=header, load=sections["load"], adapt=sections["adapt"], format=fmt,
             standardizer=fmt_sections["standardizer"], chat_template=fmt_sections["chat_template"],
             train=sections["train"], report=lists["report"], export=lists["export"],
             source=source, text=text, overrides=list(overrides),
         )
-        for problem in _cross_checks(pm, recipe):
-            out.items.append((_path_of(problem.path), problem))
+        # with wrong keys left out (their defaults instead): every problem in one pass, none twice
+        for problem in _cross_checks(pm, recipe, tolerant=bool(wrong)):
+            path = _path_of(problem.path)
+            if not any(path[: len(w)] == w for w in wrong):
+                out.items.append((path, problem))
 
     positions = index_positions(text)
     located = sorted([*(_locate(p, path, positions, file, parsed) for path, p in out.items), *map(_masked, override_problems)],
@@ -297,13 +363,25 @@ def load_recipe_text(
     return recipe
 
 
-def _cross_checks(pm: "PluginManager", recipe: Recipe) -> list[Problem]:
+def _cross_checks(pm: "PluginManager", recipe: Recipe, tolerant: bool = False) -> list[Problem]:
+    """Problems across sections (``validate_recipe`` hooks, ``Component.check``).
+
+    ``tolerant``: the recipe was salvaged from one with errors (wrong keys left out); a check that fails on it
+    is skipped, since the errors already reported are what the user must fix first.
+    """
     problems: list[Problem] = []
-    for result in pm.hook.validate_recipe(recipe=recipe, registry=pm.registry):
-        problems.extend(result or [])
+    try:
+        for result in pm.hook.validate_recipe(recipe=recipe, registry=pm.registry):
+            problems.extend(result or [])
+    except Exception:
+        if not tolerant:
+            raise
     for section in recipe.sections():
-        for problem in section.component.check(recipe) or ():
-            problems.append(problem)
+        try:
+            problems.extend(section.component.check(recipe) or ())
+        except Exception:
+            if not tolerant:
+                raise
     return problems
 
 

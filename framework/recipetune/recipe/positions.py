@@ -57,8 +57,12 @@ def _value_tail_state(value: str, depth: int, in_ml: str | None) -> tuple[int, s
     return depth, in_ml
 
 
-def index_positions(text: str) -> dict[PathKey, tuple[int, int]]:
-    """Map every table and key of ``text`` to its 1-based (line, column)."""
+def index_positions(text: str, duplicates: list | None = None) -> dict[PathKey, tuple[int, int]]:
+    """Map every table and key of ``text`` to its 1-based (line, column).
+
+    ``duplicates``, when given, receives ``(path, first (line, column), again (line, column))`` for each
+    key or ``[table]`` written twice (TOML refuses them; tomllib does not say which key or where).
+    """
     positions: dict[PathKey, tuple[int, int]] = {}
     table: PathKey = ()
     array_counts: dict[tuple[str, ...], int] = {}
@@ -80,10 +84,14 @@ def index_positions(text: str) -> dict[PathKey, tuple[int, int]]:
             continue
         if m := _TABLE_HEADER.match(line):
             table = _under_arrays(split_key(m.group(1)), array_counts)
+            if duplicates is not None and table in positions:
+                duplicates.append((table, positions[table], (lineno, 1)))
             positions[table] = (lineno, 1)
             continue
         if m := _KEY_VALUE.match(line):
             path = table + split_key(m.group(2))
+            if duplicates is not None and path in positions:
+                duplicates.append((path, positions[path], (lineno, len(m.group(1)) + 1)))
             positions[path] = (lineno, len(m.group(1)) + 1)
             depth, in_ml = _value_tail_state(m.group(3), 0, None)
     return positions
