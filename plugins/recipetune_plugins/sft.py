@@ -46,8 +46,13 @@ class SFTOptions(Options):
     """Evaluate on the validation split every this many steps (needs format.validation_fraction or validation_split)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Mixed precision: auto is bf16 on Ampere+ GPUs, fp16 on older GPUs, fp32 on a CPU."""
-    packing: bool = False
-    """Pack several samples into one row (position ids keep them apart)."""
+    packing: bool | Literal["auto"] = "auto"
+    """Pack several conversations into one row, each attending only to itself (position ids restart per conversation;
+    best-fit decreasing, none split). "auto": on for Llama-family models on the hf and unsloth backends (proven equal
+    to unpacked training) when padded batches would hold padding; a packed row of ``packing_length`` tokens counts as
+    one sample of the batch."""
+    packing_length: int | None = Field(default=None, ge=8)
+    """Tokens per packed row; default: the longest a sample may be (format or load max_seq_length)."""
     padding_free: bool | Literal["auto"] = "auto"
     """Flatten each batch into one row without pad tokens. "auto": on the unsloth backend, padded batches when they
     would hold (almost) no padding (they run Unsloth's compiled blocks), else Unsloth's own choice; on hf, off."""
@@ -199,14 +204,6 @@ class SFTTrainer(Trainer):
         if o.eval_steps and fmt is not None and not (fmt.validation_fraction or fmt.validation_split):
             yield Problem("train.eval_steps", "eval_steps needs a validation set: set format.validation_fraction "
                           "(e.g. 0.05) or format.validation_split")
-        if o.max_steps > 0 and o.warmup_steps >= o.max_steps:
-            yield Problem("train.warmup_steps", f"warmup_steps = {o.warmup_steps} is not below max_steps = {o.max_steps}: "
-                          f"the learning rate never reaches learning_rate = {o.learning_rate}; lower warmup_steps "
-                          f"(e.g. {max(0, o.max_steps // 10)})", severity="warning")
-        if o.max_steps > 0 and "num_train_epochs" in o.model_fields_set:
-            yield Problem("train.num_train_epochs", f"both num_train_epochs and max_steps = {o.max_steps} are set: "
-                          "max_steps wins and num_train_epochs is ignored; remove one (max_steps = -1 trains for "
-                          "num_train_epochs)", severity="warning")
 
     def preflight(self, recipe):
         if "8bit" in self.options.optim and importlib.util.find_spec("bitsandbytes") is None:
@@ -242,7 +239,7 @@ class SFTTrainer(Trainer):
             # the format stage already cut every sample to its length (format.max_seq_length, which may exceed
             # load.max_seq_length): the trainer must not cut again, or the stop token checked there is lost
             max_length=max(filter(None, [loaded.max_seq_length, run.state.get("format_stats", {}).get("max_seq_length")])),
-            packing=o.packing,
+            packing=False,  # packing.py packs the rows itself (train())
             report_to="none", use_cpu=not torch.cuda.is_available(), **precision_flags(o.precision), **extra,
         )
 
@@ -258,8 +255,14 @@ class SFTTrainer(Trainer):
         columns = ("input_ids", "labels")
         train = Dataset.from_list([{k: s[k] for k in columns} for s in dataset.train])
         evals = Dataset.from_list([{k: s[k] for k in columns} for s in dataset.validation]) if dataset.validation else None
+        from .packing import prepare as prepare_packing
+
+        packed = prepare_packing(run, loaded, dataset, self.options.packing, self.options.per_device_train_batch_size,
+                                 self.options.packing_length)
+        if packed is not None:
+            train, evals = packed.train, packed.validation
         padding_free = None
-        if not self.options.packing:
+        if packed is None:
             lengths = [len(s["input_ids"]) for s in dataset.train]
             padding_free = padding_free_setting(self.options.padding_free, loaded.backend, lengths,
                                                 self.options.per_device_train_batch_size)
@@ -267,9 +270,12 @@ class SFTTrainer(Trainer):
                 run.logger.info("train.padding_free auto: %s (expected padding in a batch: %.1f%%)",
                                 "padding-free" if padding_free else "padded batches",
                                 100 * expected_pad_fraction(lengths, self.options.per_device_train_batch_size))
-        trainer = TRLSFTTrainer(model=loaded.model, args=self.config(run, loaded, evals is not None, padding_free),
+        args = self.config(run, loaded, evals is not None, padding_free)
+        for key, value in (packed.config if packed is not None else {}).items():
+            setattr(args, key, value)
+        trainer = TRLSFTTrainer(model=loaded.model, args=args,
                                 train_dataset=train, eval_dataset=evals, processing_class=loaded.tokenizer,
-                                callbacks=[metrics_callback(run)])
+                                callbacks=[metrics_callback(run)], data_collator=packed.collator if packed else None)
         resume_from = latest_checkpoint(run.checkpoints_dir) if run.resume else None
         if run.resume:
             run.logger.info("resuming from %s", resume_from or "the start (no checkpoint found)")
