@@ -204,6 +204,14 @@ class SFTTrainer(Trainer):
         if o.eval_steps and fmt is not None and not (fmt.validation_fraction or fmt.validation_split):
             yield Problem("train.eval_steps", "eval_steps needs a validation set: set format.validation_fraction "
                           "(e.g. 0.05) or format.validation_split")
+        if o.max_steps > 0 and o.warmup_steps >= o.max_steps:
+            yield Problem("train.warmup_steps", f"warmup_steps = {o.warmup_steps} is not below max_steps = {o.max_steps}: "
+                          f"the learning rate never reaches learning_rate = {o.learning_rate}; lower warmup_steps "
+                          f"(e.g. {max(0, o.max_steps // 10)})", severity="warning")
+        if o.max_steps > 0 and "num_train_epochs" in o.model_fields_set:
+            yield Problem("train.num_train_epochs", f"both num_train_epochs and max_steps = {o.max_steps} are set: "
+                          "max_steps wins and num_train_epochs is ignored; remove one (max_steps = -1 trains for "
+                          "num_train_epochs)", severity="warning")
 
     def preflight(self, recipe):
         if "8bit" in self.options.optim and importlib.util.find_spec("bitsandbytes") is None:
