@@ -506,8 +506,8 @@ def test_csv_cells_are_read_as_the_text_written(tmp_path, tokenizer_dir, tok):
 def test_a_role_mapping_to_an_unknown_role_is_a_recipe_error(tmp_path, tokenizer_dir, recipe_problems):
     data = write_jsonl(tmp_path / "data.jsonl", [{"conversations": chat(0)}])
     text = recipe_text(tokenizer_dir, data, standardizer='{ use = "sharegpt", roles = { bot = "asistant" } }')
-    [problem] = recipe_problems(text)
-    assert "format.standardizer.roles.bot: Input should be 'system', 'user' or 'assistant' (got 'asistant')" in problem
+    [problem] = [p for p in recipe_problems(text) if "warning" not in p]
+    assert "format.standardizer.roles.bot: Input should be 'system', 'user', 'assistant' or 'tool' (got 'asistant')" in problem
 
 
 def test_rows_dropped_by_operations_come_with_an_example(tmp_path, tokenizer_dir, tok):

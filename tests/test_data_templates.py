@@ -121,7 +121,7 @@ def ours(name: str, tokenizer, messages, add_generation_prompt: bool, **options)
 
 
 def test_every_builtin_template_is_covered():
-    assert set(ct.template_names()) == {"tokenizer", *OFFICIAL_FILES, "alpaca", "vicuna"}
+    assert set(ct.template_names()) == {"tokenizer", *OFFICIAL_FILES, "alpaca", "vicuna", "inline"}
     assert {p.stem for p in OFFICIAL.glob("*.jinja")} == {f for files, _ in OFFICIAL_FILES.values() for f in files}
 
 

@@ -14,11 +14,12 @@ A row that cannot be read returns ``None`` and is counted as ``malformed``.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from recipetune import DatasetFormat, Options, UserError, hookimpl
 
-RoleMap = dict[str, Literal["system", "user", "assistant"]]
+RoleMap = dict[str, Literal["system", "user", "assistant", "tool"]]
 """Extra speaker names and the role each stands for."""
 
 ROLE_NAMES = {
@@ -26,15 +27,81 @@ ROLE_NAMES = {
     "human": "user", "user": "user", "prompter": "user",
     "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant",
     "model": "assistant",
+    "tool": "tool", "ipython": "tool", "observation": "tool",
 }
-"""Role spellings found in the wild -> system, user, assistant."""
+"""Role spellings found in the wild -> system, user, assistant, tool (a tool's result)."""
 
 TEXT_ROLE = "text"
 """A conversation ``[{"role": "text", "content": ...}]`` is raw text: the pipeline renders no template for it."""
 
+TRAIN_KEYS = ("train", "training", "weight")
+"""Per-turn keys that decide whether an assistant turn is trained (Axolotl's ``training`` / ``weight``)."""
 
-def _turns(turns: Any, role_key: str, content_key: str, roles: dict[str, str]) -> list[dict[str, str]] | None:
-    """Normalise a list of turn dicts; ``None`` when a turn is unreadable or nothing is answered."""
+_BAD = object()
+
+
+def _train_flag(turn: dict[str, Any]) -> Any:
+    """``True``/``False`` from a turn's ``train``/``training`` (a boolean) or ``weight`` (0 or 1); ``None`` when the
+    turn has none; ``_BAD`` for another value (the row is malformed)."""
+    for key in TRAIN_KEYS:
+        value = turn.get(key)
+        if value is None:
+            continue
+        if key == "weight" and not isinstance(value, bool) and isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        return value if isinstance(value, bool) else _BAD
+    return None
+
+
+def _json_value(value: Any) -> Any:
+    """A JSON text (tool calls, arguments, tools stored as strings) as its value; ``_BAD`` when it is not JSON."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return _BAD
+
+
+def tool_calls(value: Any) -> list[dict[str, Any]] | None:
+    """OpenAI tool calls ``[{id?, type: "function", function: {name, arguments}}]``, with ``arguments`` as an object
+    (a JSON string is parsed, as transformers' templates expect a mapping); a flat ``{name, arguments}`` call is
+    accepted. ``None`` when they cannot be read."""
+    value = _json_value(value)
+    if not isinstance(value, list) or not value:
+        return None
+    out = []
+    for call in value:
+        if not isinstance(call, dict):
+            return None
+        function = call.get("function", call)
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            return None
+        arguments = _json_value(function.get("arguments", function.get("parameters", {})))
+        if not isinstance(arguments, dict):
+            return None
+        clean: dict[str, Any] = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+        if call.get("id") is not None:
+            clean = {"id": call["id"], **clean}
+        out.append(clean)
+    return out
+
+
+def tools_column(value: Any) -> list[dict[str, Any]] | None | object:
+    """A row's tool definitions (a list of JSON schemas, or its JSON text); ``None`` for none; ``_BAD`` otherwise."""
+    value = _json_value(value)
+    if value is None or value == []:
+        return None
+    if isinstance(value, list) and all(isinstance(t, dict) for t in value):
+        return value
+    return _BAD
+
+
+def _turns(turns: Any, role_key: str, content_key: str, roles: dict[str, str]) -> list[dict[str, Any]] | None:
+    """Normalise a list of turn dicts; ``None`` when a turn is unreadable or nothing is answered.
+
+    Assistant turns keep their ``tool_calls`` (OpenAI format) and ``tool`` turns their ``tool_call_id`` / ``name``;
+    a ``train``/``training``/``weight`` flag on a turn is kept as ``train``."""
     if not isinstance(turns, list) or not turns:
         return None
     out = []
@@ -44,9 +111,26 @@ def _turns(turns: Any, role_key: str, content_key: str, roles: dict[str, str]) -
         raw_role = turn.get(role_key)
         role = roles.get(str(raw_role).lower()) if raw_role is not None else None
         content = turn.get(content_key)
-        if role is None or not isinstance(content, str):
+        message: dict[str, Any] = {"role": role, "content": content}
+        if role == "assistant" and turn.get("tool_calls"):
+            calls = tool_calls(turn["tool_calls"])
+            if calls is None or content is not None and not isinstance(content, str):
+                return None
+            message = {"role": role, "content": content or "", "tool_calls": calls}
+        elif role == "tool":
+            if not isinstance(content, (str, dict, list)):
+                return None
+            for key in ("tool_call_id", "name"):
+                if turn.get(key) is not None:
+                    message[key] = turn[key]
+        elif role is None or not isinstance(content, str):
             return None
-        out.append({"role": role, "content": content})
+        flag = _train_flag(turn)
+        if flag is _BAD:
+            return None
+        if flag is not None:
+            message["train"] = flag
+        out.append(message)
     if not any(m["role"] == "assistant" for m in out):
         return None
     return out
@@ -93,11 +177,15 @@ class MessagesOptions(Options):
     content_key: str = "content"
     """Key of a message's text."""
     roles: RoleMap = {}
-    """Extra role names mapped to system, user or assistant."""
+    """Extra role names mapped to system, user, assistant or tool."""
+    tools: str = "tools"
+    """Column of the tools the conversation may call (OpenAI function schemas, or their JSON text), passed to the
+    chat template as ``tools``; a row without it (or with an empty list) has none."""
 
 
 class Messages(DatasetFormat):
-    """OpenAI-style chat rows: ``messages = [{role, content}, ...]`` with system, user and assistant roles."""
+    """OpenAI-style chat rows: ``messages = [{role, content}, ...]`` with system, user and assistant roles; assistant
+    ``tool_calls``, ``tool`` turns and a ``tools`` column are kept for templates that render tool calls."""
 
     name = "messages"
     also_known_as = ("openai",)
@@ -107,10 +195,17 @@ class Messages(DatasetFormat):
         turns = row.get(self.options.column)
         return isinstance(turns, list) and bool(turns) and isinstance(turns[0], dict) and self.options.role_key in turns[0]
 
-    def standardize(self, row: dict[str, Any]) -> list[dict[str, str]] | None:
+    def standardize(self, row: dict[str, Any]) -> list[dict[str, Any]] | None:
         o = self.options
+        if tools_column(row.get(o.tools)) is _BAD:
+            return None
         return _turns(row.get(o.column), o.role_key, o.content_key,
                       {**ROLE_NAMES, **{k.lower(): v for k, v in o.roles.items()}})
+
+    def tools_of(self, row: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The tools of a row (rendered by templates that support them)."""
+        tools = tools_column(row.get(self.options.tools))
+        return None if tools is _BAD else tools  # type: ignore[return-value]
 
 
 class AlpacaOptions(Options):

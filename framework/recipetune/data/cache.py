@@ -1,8 +1,10 @@
 """The formatted-data cache: a second run with the same data, format options and tokenizer reuses the result.
 
-The key hashes everything the samples depend on: the dataset (a local file's
-path, size and modification time; a Hub id with its split and subset), the
-resolved ``[format]`` table (standardizer and template options included), the
+The key hashes everything the samples depend on: the dataset, or every dataset
+of a mixture (a local file's path, size and modification time; a Hub id with
+its split and subset), the resolved ``[format]`` table (standardizer and
+template options included, every mixture member's with its weight, rows and
+operations, the mixing strategy), the
 template text and its variables, the tokenizer (its full serialisation, added
 tokens included), ``max_seq_length``, the seed and this module's format
 version. Files live in ``$RECIPETUNE_CACHE/data`` (default
@@ -22,7 +24,7 @@ from .samples import SampleTable
 if TYPE_CHECKING:  # pragma: no cover
     from ..recipe.model import Recipe
 
-VERSION = 2
+VERSION = 3
 """Bump when the way samples are built changes: old cache files are then ignored."""
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
 
@@ -58,7 +60,9 @@ def cache_key(recipe: "Recipe", tokenizer_key: str, template_text: str, variable
     resolved = recipe.resolved().get("format") or {}
     resolved = {k: v for k, v in resolved.items() if k not in ("cache", "num_proc")}
     material = {
-        "version": VERSION, "format": resolved, "dataset": _dataset_identity(recipe.format.dataset),
+        "version": VERSION, "format": resolved,
+        "dataset": ([_dataset_identity(m.dataset) for m in recipe.format.datasets] if recipe.format.datasets
+                    else _dataset_identity(recipe.format.dataset)),
         "tokenizer": tokenizer_key, "template": template_text, "variables": variables, "max_len": max_len,
         "seed": recipe.seed, "limit": limit,
     }

@@ -44,6 +44,17 @@ class Encoded:
     truncated: int = 0
 
 
+class WithTools(list):
+    """A conversation (a list of messages) whose row defines tools: the template renders it with ``tools=``."""
+
+    def __init__(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]):
+        super().__init__(messages)
+        self.tools = tools
+
+    def __reduce__(self):
+        return (WithTools, (list(self), self.tools))
+
+
 def _render(settings: EncodeSettings, messages: list[dict[str, Any]]) -> tuple[str, list | None]:
     """The text and the spans trained on (``None``: every token)."""
     if messages and messages[0].get("role") == TEXT_ROLE:
@@ -51,9 +62,11 @@ def _render(settings: EncodeSettings, messages: list[dict[str, Any]]) -> tuple[s
         if messages[0].get("add_eos", True):
             text += settings.variables.get("eos_token", "")
         return text, None
+    tools = getattr(messages, "tools", None)
+    variables = settings.variables if tools is None else {**settings.variables, "tools": tools}
     if settings.train_on == "all":
-        return render(settings.template, messages, **settings.variables), None
-    text, spans = assistant_spans(settings.template, messages, **settings.variables)
+        return render(settings.template, messages, **variables), None
+    text, spans = assistant_spans(settings.template, messages, **variables)
     return text, _end_at_stop(text, spans, settings.stop)
 
 

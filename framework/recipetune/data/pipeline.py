@@ -14,12 +14,14 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..components import ChatTemplate, DatasetFormat, FormattedDataset
+import numpy as np
+
+from ..components import ChatTemplate, FormattedDataset
 from ..problems import NoChatTemplate, UserError
-from .encode import EncodeSettings, encode_conversations, encode_one
-from .ops import Record, apply_ops, describe_row
+from .encode import EncodeSettings, WithTools, encode_conversations, encode_one
+from .mixture import gather, member_stats
+from .ops import Record, describe_row
 from .samples import IGNORE, SampleTable
-from .sources import read_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..recipe.model import Recipe
@@ -83,37 +85,10 @@ def tokenize_conversation(tokenizer: Any, template_text: str, messages: list[dic
 
 
 # ---------------------------------------------------------------- reading and standardizing
-def _resolve_format(fmt: DatasetFormat, rows: list[dict[str, Any]]) -> DatasetFormat:
-    """``auto`` (any format with a ``resolve(rows)`` method) picks the concrete format from the first rows."""
-    resolve = getattr(fmt, "resolve", None)
-    return resolve(rows) if callable(resolve) else fmt
-
-
-def _standardize(rows: list[dict[str, Any]], fmt: DatasetFormat, dropped: dict[str, int],
-                 examples: dict[str, str] | None = None) -> list[Record]:
-    records = []
-    for i, row in enumerate(rows):
-        try:
-            conv = fmt.standardize(row)
-        except Exception:  # a format plugin choking on a strange row: count it, do not stop
-            conv = None
-        if conv:
-            records.append(Record(i, row, conv))
-        else:
-            dropped["malformed"] = dropped.get("malformed", 0) + 1
-            if examples is not None and "malformed" not in examples:
-                examples["malformed"] = f"not readable as {fmt.name!r}: " + describe_row(i, row)
-    return records
-
-
-def _none_readable(where: str, rows: list[dict[str, Any]], fmt: DatasetFormat) -> UserError:
-    """The error for data none of whose rows the standardizer can read."""
-    import json
-
-    first = json.dumps(rows[0], ensure_ascii=False, default=str)
-    return UserError(f"{where}: no row could be read as {fmt.name!r} ({len(rows)} rows, all malformed; columns of "
-                     f"the first: {', '.join(sorted(rows[0]))}); check format.standardizer and its column options. "
-                     f"First row read: {first[:300]}{'...' if len(first) > 300 else ''}")
+def _conversation(record: Record, tools_of: Any) -> list[dict[str, Any]]:
+    """The messages of a record, with the tools its row defines (for templates that render them)."""
+    tools = tools_of(record.row) if tools_of is not None else None
+    return WithTools(record.messages, tools) if tools else record.messages
 
 
 def _max_len(recipe: "Recipe", max_seq_length: int | None) -> int:
@@ -164,41 +139,18 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
             return _formatted(tables, template, stats)
 
     dropped: dict[str, int] = {}
-    fmt_component = recipe.standardizer.component
-    rows = read_rows(fmt.dataset, fmt.split, fmt.subset)
-    total = len(rows)
-    if fmt.shuffle_seed is not None:
-        random.Random(fmt.shuffle_seed).shuffle(rows)
-    if fmt.limit is not None:
-        rows = rows[: fmt.limit]
-    if limit is not None:
-        rows = rows[:limit]
-    if not rows:
-        raise UserError(f"format.dataset {fmt.dataset}: no rows in split {fmt.split!r}")
-    chosen = _resolve_format(fmt_component, rows)
-    if chosen is not fmt_component:
-        log.info("format.standardizer auto: the rows look like %r; using it", chosen.name)
-    if missing_template is not None and chosen.name != "text":
-        raise missing_template
     row_examples: dict[str, str] = {}  # the first row dropped for each reason before templating
-    parts: dict[str, list[Record]] = {"train": _standardize(rows, chosen, dropped, row_examples)}
-    if not parts["train"]:
-        raise _none_readable(f"format.dataset {fmt.dataset}", rows, chosen)
-    parts["train"] = apply_ops(parts["train"], fmt.ops, recipe.seed, dropped, row_examples)
+    reads, parts, members = gather(recipe, limit, dropped, row_examples, missing_template)
+    total, read = sum(r.total for r in reads), sum(r.read for r in reads)
+    chosen_names = ", ".join(dict.fromkeys(r.chosen.name for r in reads))
     empty_answers = [r for r in parts["train"] if _has_empty_answer(r.messages)]
-    for name, split in (("validation", fmt.validation_split), ("test", fmt.test_split)):
-        if split:
-            extra = read_rows(fmt.dataset, split, fmt.subset)
-            extra = extra[:limit] if limit else extra
-            records = _standardize(extra, chosen, {})
-            if extra and not records:
-                raise _none_readable(f"format.{name}_split = {split!r}", extra, chosen)
-            parts[name] = apply_ops(records, fmt.ops, recipe.seed, {})
 
     settings = EncodeSettings(template_text, variables, fmt.train_on, max_len, fmt.too_long,
                               template.stop_token_for(tokenizer))
-    conversations = [rec.messages for name in parts for rec in parts[name]]
+    tools_of = [getattr(r.chosen, "tools_of", None) for r in reads]
+    conversations = [_conversation(rec, tools_of[k]) for name in parts for rec, k in zip(parts[name], members[name])]
     owner = [name for name in parts for _ in parts[name]]
+    member_ids = np.asarray([k for name in parts for k in members[name]], dtype=np.int32)
     if progress is None:
         import sys
 
@@ -206,6 +158,7 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
     encoded = encode_conversations(tokenizer, settings, conversations, num_proc=_num_proc(fmt), progress=progress)
     for reason, count in encoded.dropped.items():
         dropped[reason] = dropped.get(reason, 0) + count
+    encoded.table.sources = member_ids[np.asarray(encoded.kept_index, dtype=np.int64)]
     if len(parts) == 1:  # only train
         tables = {"train": encoded.table}
     else:
@@ -235,8 +188,11 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
             tables[name] = train.select(sorted(order[:n_held]))
             tables["train"] = train.select(sorted(order[n_held:]))
 
-    stats = _stats(tables, template, tokenizer, total=total, read=len(rows), standardizer=chosen.name,
+    stats = _stats(tables, template, tokenizer, total=total, read=read, standardizer=chosen_names,
                    dropped=dropped, truncated=encoded.truncated, max_len=max_len)
+    if fmt.datasets:
+        stats["mix"] = fmt.mix
+        stats["datasets"] = member_stats(reads, tables, members["train"])
     stats["empty_answers"] = len(empty_answers)
     if empty_answers:
         stats["empty_answer_example"] = describe_row(empty_answers[0].index, empty_answers[0].row, limit=160)
@@ -315,7 +271,8 @@ def check_stop_token(stats: dict[str, Any], train_on: str) -> str | None:
 
 
 def _has_empty_answer(messages: list[dict[str, str]]) -> bool:
-    return any(m.get("role") == "assistant" and not str(m.get("content") or "").strip() for m in messages)
+    return any(m.get("role") == "assistant" and not m.get("tool_calls") and not str(m.get("content") or "").strip()
+               for m in messages)
 
 
 def check_empty_answers(stats: dict[str, Any]) -> str | None:

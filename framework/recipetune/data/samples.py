@@ -21,11 +21,13 @@ IGNORE = -100
 class SampleTable(Sequence):
     """A read-only list of samples backed by flat ``int32`` arrays."""
 
-    def __init__(self, ids: np.ndarray, labels: np.ndarray, offsets: np.ndarray, texts: list[str]):
+    def __init__(self, ids: np.ndarray, labels: np.ndarray, offsets: np.ndarray, texts: list[str],
+                 sources: np.ndarray | None = None):
         self.ids = ids
         self.labels = labels
         self.offsets = offsets  # len(texts) + 1 positions into ids/labels
         self.texts = texts
+        self.sources = sources  # for a mixture: the index of the dataset each sample came from
 
     @classmethod
     def empty(cls) -> "SampleTable":
@@ -39,8 +41,10 @@ class SampleTable(Sequence):
         lengths = np.concatenate([np.diff(p.offsets) for p in parts])
         offsets = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
+        sources = (np.concatenate([p.sources for p in parts]) if all(p.sources is not None for p in parts)
+                   else None)
         return cls(np.concatenate([p.ids for p in parts]), np.concatenate([p.labels for p in parts]), offsets,
-                   [t for p in parts for t in p.texts])
+                   [t for p in parts for t in p.texts], sources)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -86,7 +90,8 @@ class SampleTable(Sequence):
         np.cumsum(lengths, out=offsets[1:])
         # token positions to take: each sample's run starts - new start + 0..total
         take = np.arange(int(offsets[-1]), dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)
-        return SampleTable(self.ids[take], self.labels[take], offsets, [self.texts[i] for i in indices.tolist()])
+        return SampleTable(self.ids[take], self.labels[take], offsets, [self.texts[i] for i in indices.tolist()],
+                           None if self.sources is None else self.sources[indices])
 
     # ------------------------------------------------------------ the cache file
     def save(self, path: Path, **extra: np.ndarray) -> None:
@@ -95,6 +100,8 @@ class SampleTable(Sequence):
         text_offsets = np.zeros(len(encoded) + 1, np.int64)
         np.cumsum([len(e) for e in encoded], out=text_offsets[1:])
         blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        if self.sources is not None:
+            extra = {**extra, "sources": self.sources}
         with path.open("wb") as fh:
             np.savez(fh, ids=self.ids, labels=self.labels, offsets=self.offsets, text_blob=blob,
                      text_offsets=text_offsets, **extra)
@@ -106,5 +113,5 @@ class SampleTable(Sequence):
         blob = arrays.pop("text_blob").tobytes()
         text_offsets = arrays.pop("text_offsets")
         texts = [blob[a:b].decode("utf-8") for a, b in zip(text_offsets[:-1].tolist(), text_offsets[1:].tolist())]
-        table = cls(arrays.pop("ids"), arrays.pop("labels"), arrays.pop("offsets"), texts)
+        table = cls(arrays.pop("ids"), arrays.pop("labels"), arrays.pop("offsets"), texts, arrays.pop("sources", None))
         return table, arrays

@@ -45,10 +45,12 @@ def compile_template(text: str):
     return env.from_string(text)
 
 
-def _tojson(value: Any, indent: int | None = None) -> str:
+def _tojson(value: Any, indent: int | None = None, separators: tuple[str, str] | None = None,
+            sort_keys: bool = False) -> str:
+    """transformers' ``tojson``: no ASCII escaping, and its ``indent``, ``separators`` and ``sort_keys``."""
     import json
 
-    return json.dumps(value, ensure_ascii=False, indent=indent)
+    return json.dumps(value, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 def render(template: str, messages: list[dict[str, Any]], add_generation_prompt: bool = False, **variables: Any) -> str:
@@ -70,7 +72,8 @@ class Span(NamedTuple):
 
 
 def assistant_spans(template: str, messages: list[dict[str, Any]], **variables: Any) -> tuple[str, list[Span]]:
-    """The full rendering and the character spans of every assistant turn in it.
+    """The full rendering and the character spans of every trained assistant turn in it (a turn with
+    ``train: False`` is rendered but not trained; a turn's tool calls must appear in its span).
 
     A span runs from the end of the generation prompt before an assistant turn
     to the end of that turn (its end-of-turn token included), found by
@@ -108,6 +111,19 @@ def assistant_spans(template: str, messages: list[dict[str, Any]], **variables: 
                 raise ValueError("the chat template writes an earlier assistant turn differently once the conversation "
                                  "goes on; assistant-only masks cannot be computed for it (set format.train_on = "
                                  "\"all\", or train on one assistant turn per sample)")
-        if end > len(before):
+        if message.get("tool_calls"):
+            _check_tool_calls(full[len(before):end], message)
+        if end > len(before) and message.get("train") is not False:
             spans.append(Span(len(before), end, exact))
     return full, spans
+
+
+def _check_tool_calls(turn: str, message: dict[str, Any]) -> None:
+    """An assistant turn's tool calls must be in its rendering: a template without tool support would silently train
+    the model on an answer with the calls left out."""
+    for call in message.get("tool_calls") or ():
+        function = call.get("function", call) if isinstance(call, dict) else {}
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str) and name not in turn:
+            raise ValueError(f"the chat template does not write the tool call {name!r} of an assistant turn; use a "
+                             "template that supports tool calls (llama-3.1, qwen-2.5, or the model's own)")

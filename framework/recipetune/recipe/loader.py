@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..components import KIND_LABELS
 from ..problems import Problem, RecipeError
-from .model import FormatTable, Recipe, RecipeHeader, Section
+from .model import FormatTable, Recipe, RecipeHeader, Section, inline_template_table, member_standardizer_values
 from .overrides import Override, apply_overrides, parse_overrides
 from .positions import PathKey, dotted, index_positions, locate
 
@@ -331,7 +331,10 @@ def load_recipe_text(
             out.unbuildable |= fmt is None
         for key, kind in FORMAT_COMPONENTS.items():
             value = raw_fmt.get(key, FormatTable.model_fields[key].default)
+            value = inline_template_table(value) if key == "chat_template" else value
             fmt_sections[key] = _validate_section(pm, kind, ("format", key), value, ctx, out)
+        member_sections = [_validate_section(pm, "dataset_format", ("format", "datasets", i, "standardizer"), value,
+                                             ctx, out) for i, value in member_standardizer_values(raw_fmt)]
     elif "format" in data:
         out.add(("format",), "expected a [format] table")
 
@@ -339,12 +342,14 @@ def load_recipe_text(
     wrong = [path for path, p in out.items if p.severity == "error"]
     buildable = (header is not None and sections.get("load") is not None and not out.unbuildable
                  and ("format" in data) == (fmt is not None)
-                 and all(fmt_sections[k] is not None for k in FORMAT_COMPONENTS if fmt is not None))
+                 and all(fmt_sections[k] is not None for k in FORMAT_COMPONENTS if fmt is not None)
+                 and (fmt is None or all(m is not None for m in member_sections)))
     if buildable:
         recipe = Recipe(
             header=header, load=sections["load"], adapt=sections["adapt"], format=fmt,
             standardizer=fmt_sections["standardizer"], chat_template=fmt_sections["chat_template"],
             train=sections["train"], report=lists["report"], export=lists["export"],
+            member_standardizers=member_sections if fmt is not None else [],
             source=source, text=text, overrides=list(overrides),
         )
         # with wrong keys left out (their defaults instead): every problem in one pass, none twice

@@ -32,6 +32,47 @@ class RecipeHeader(BaseModel):
     """Run folder (relative to the recipe file). Default: ``runs/<name>/<timestamp>`` under the working directory."""
 
 
+class DatasetMember(BaseModel):
+    """One ``[[format.datasets]]`` table: a dataset of a mixture, read, standardized and operated on by itself."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, strict=True)
+
+    dataset: PathOrHubId
+    """A local file (``.jsonl``, ``.json``, ``.parquet``, ``.csv``; relative to the recipe) or a Hub dataset id."""
+    name: str | None = None
+    """Its name in the statistics; default: the file's stem or the Hub id."""
+    split: str = "train"
+    """Split to read (Hub datasets, or a key of a ``.json`` table of splits)."""
+    subset: str | None = None
+    """Dataset configuration name on the Hub, when it has several."""
+    standardizer: Any = None
+    """Its dataset format (a name or a table with ``use``); default: ``format.standardizer``."""
+    ops: list[Op] = Field(default_factory=list)
+    """Its own row operations (``[[format.datasets.ops]]``), before mixing; ``format.ops`` run after, on the mixture."""
+    weight: float | None = Field(default=None, gt=0)
+    """Its share of a ``mix = "weighted"`` mixture, relative to the others' (default 1)."""
+    rows: int | None = Field(default=None, ge=1)
+    """Exactly this many of its rows (a seeded sample, or repeats when it has fewer), whatever the mix."""
+    limit: int | None = Field(default=None, ge=1)
+    """Read at most this many rows (after shuffling, when ``shuffle_seed`` is set; before ``ops``)."""
+    shuffle_seed: int | None = None
+    """Shuffle its rows with this seed before ``limit``."""
+    validation_split: str | None = None
+    """A named split of this dataset to add to the validation set."""
+    test_split: str | None = None
+    """A named split of this dataset to add to the test set."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "DatasetMember":
+        if self.weight is not None and self.rows is not None:
+            raise ValueError("set weight or rows, not both")
+        return self
+
+
+SINGLE_DATASET_KEYS = ("split", "subset", "limit", "shuffle_seed", "validation_split", "test_split")
+"""Keys of ``[format]`` that describe its one ``dataset``; a mixture sets them on each ``[[format.datasets]]``."""
+
+
 class FormatTable(BaseModel):
     """``[format]``: where the data comes from and how it becomes training samples.
 
@@ -42,8 +83,17 @@ class FormatTable(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, strict=True)
 
-    dataset: PathOrHubId
-    """A local file (``.jsonl``, ``.json``, ``.parquet``, ``.csv``; relative to the recipe) or a Hub dataset id."""
+    dataset: PathOrHubId | None = None
+    """A local file (``.jsonl``, ``.json``, ``.parquet``, ``.csv``; relative to the recipe) or a Hub dataset id.
+    For several datasets, write ``[[format.datasets]]`` tables instead."""
+    datasets: list[DatasetMember] = Field(default_factory=list)
+    """A mixture: one ``[[format.datasets]]`` table per dataset (each with its own source, split, standardizer,
+    ops, and weight or rows), mixed as ``mix`` says."""
+    mix: Literal["concat", "weighted", "interleave"] = "concat"
+    """How a mixture's datasets are mixed: ``concat`` (one after another), ``weighted`` (shares in proportion to
+    each ``weight``, rows picked with the recipe's seed), ``interleave`` (a row of each in turn, until one runs out)."""
+    mix_rows: int | None = Field(default=None, ge=1)
+    """Rows of a weighted mixture; default: as many as its weighted datasets have together."""
     split: str = "train"
     """Split to read (Hub datasets; local files have one split, ``train``)."""
     subset: str | None = None
@@ -82,6 +132,24 @@ class FormatTable(BaseModel):
 
     @model_validator(mode="after")
     def _check_splits(self) -> "FormatTable":
+        if self.dataset is None and not self.datasets:
+            raise ValueError("name the data: dataset = \"...\" (one dataset) or [[format.datasets]] tables (a mixture)")
+        if self.dataset is not None and self.datasets:
+            raise ValueError("set dataset (one dataset) or [[format.datasets]] (a mixture), not both")
+        if self.datasets:
+            single = [k for k in SINGLE_DATASET_KEYS if k in self.model_fields_set]
+            if single:
+                raise ValueError(f"{', '.join(single)} describe(s) one dataset: with [[format.datasets]] set "
+                                 "it on each dataset's table")
+            if self.mix != "weighted" and any(m.weight is not None for m in self.datasets):
+                raise ValueError(f'a dataset has a weight but mix = "{self.mix}": weights need mix = "weighted" '
+                                 "(rows = N fixes a dataset's count with any mix)")
+            names = [m.name or _label(m.dataset) for m in self.datasets]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"two datasets are named {', '.join(twice)}: give each a name = \"...\"")
+        if self.mix_rows is not None and self.mix != "weighted":
+            raise ValueError('mix_rows is the size of a mix = "weighted" mixture')
         if self.validation_fraction + self.test_fraction >= 1.0:
             raise ValueError("validation_fraction + test_fraction must leave rows to train on (sum < 1)")
         if self.validation_split and self.validation_fraction:
@@ -89,6 +157,32 @@ class FormatTable(BaseModel):
         if self.test_split and self.test_fraction:
             raise ValueError("set test_split or test_fraction, not both")
         return self
+
+
+def inline_template_table(value: Any) -> Any:
+    """``chat_template = "x.jinja"`` or ``{ jinja = "...", ... }`` / ``{ path = "x.jinja", ... }`` without ``use``:
+    the ``inline`` template with those options."""
+    if isinstance(value, str) and value.endswith(".jinja"):
+        return {"use": "inline", "path": value}
+    if isinstance(value, dict) and "use" not in value and ("jinja" in value or "path" in value):
+        return {"use": "inline", **value}
+    return value
+
+
+def member_standardizer_values(raw_format: dict[str, Any]) -> list[tuple[int, Any]]:
+    """Each ``[[format.datasets]]`` member's standardizer as written (default: the format table's), by index."""
+    members = raw_format.get("datasets")
+    default = raw_format.get("standardizer", FormatTable.model_fields["standardizer"].default)
+    if not isinstance(members, list):
+        return []
+    return [(i, m["standardizer"] if m.get("standardizer") is not None else default)
+            for i, m in enumerate(members) if isinstance(m, dict)]
+
+
+def _label(dataset: str) -> str:
+    from ..data.mixture import dataset_label
+
+    return dataset_label(dataset)
 
 
 @dataclass
@@ -126,6 +220,8 @@ class Recipe:
     train: Section | None
     report: list[Section]
     export: list[Section]
+    member_standardizers: list[Section] = field(default_factory=list)
+    """The standardizer of each ``[[format.datasets]]`` member, in order."""
     source: Path | None = None
     text: str = ""
     overrides: list[str] = field(default_factory=list)
@@ -140,7 +236,8 @@ class Recipe:
         return self.header.seed
 
     def sections(self) -> list[Section]:
-        out = [self.load, self.adapt, self.standardizer, self.chat_template, self.train, *self.report, *self.export]
+        out = [self.load, self.adapt, self.standardizer, *self.member_standardizers, self.chat_template, self.train,
+               *self.report, *self.export]
         return [s for s in out if s is not None]
 
     def resolved(self) -> dict[str, Any]:
@@ -152,6 +249,8 @@ class Recipe:
             fmt = self.format.model_dump(mode="json")
             fmt["standardizer"] = self.standardizer.dump() if self.standardizer else None
             fmt["chat_template"] = self.chat_template.dump() if self.chat_template else None
+            for member, section in zip(fmt.get("datasets") or [], self.member_standardizers):
+                member["standardizer"] = section.dump()
             data["format"] = fmt
         data["train"] = self.train.dump() if self.train else None
         data["report"] = [s.dump() for s in self.report]
