@@ -69,6 +69,7 @@ use = "lora"
 dataset = "{data}"
 standardizer = "messages"
 cache = false
+new_tokens = "train"  # the templates of other families add their tokens to this ChatML tokenizer
 {fmt}
 
 [train]

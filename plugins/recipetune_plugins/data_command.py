@@ -187,6 +187,8 @@ def register_commands(cli):
         click.echo(f"tokens {stats['tokens']} · trained {stats['trained_tokens']} · mean length {stats['mean_length']} "
                    f"· max {stats['max_length']} · stop token {stats['stop_token']!r} trained in "
                    f"{stats['samples_with_trained_stop_token']} of {stats['samples']} samples · cache {stats['cache']}")
+        if stats.get("new_tokens"):  # tokens the chat template adds (format.new_tokens)
+            click.echo(f"new tokens: {stats['new_tokens']['message']}")
         if warning:
             warning = f"warning: {warning}"
             click.echo(click.style(warning, fg="red", bold=True) if color else warning, err=True)

@@ -32,7 +32,8 @@ class LoraExporter(Exporter):
             raise ValueError("there is no adapter to export (no [adapt] table); use the merged exporter")
         target = run.artifacts_dir / self.options.folder
         with atomic_dir(target) as tmp:
-            loaded.model.save_pretrained(tmp, safe_serialization=True)
+            # peft_save: {"save_embedding_layers": False} when only the rows of new tokens are trained (token_rows)
+            loaded.model.save_pretrained(tmp, safe_serialization=True, **loaded.extras.get("peft_save", {}))
             loaded.tokenizer.save_pretrained(tmp)
         return [Artifact("lora", target, f"LoRA adapter for {loaded.model_name}", {"base_model": loaded.model_name})]
 

@@ -39,12 +39,14 @@ class LoraOptions(Options):
     """LoftQ initialisation options (Unsloth backend), e.g. {loftq_bits = 4}."""
 
 
-def peft_config(o: LoraOptions):
+def peft_config(o: LoraOptions, **extra: Any):
+    """peft's LoraConfig from the options; ``extra`` (the rows of new tokens, see ``token_rows``) goes in as given."""
     from peft import LoraConfig
 
+    extra.setdefault("modules_to_save", o.modules_to_save)
     return LoraConfig(r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout, bias=o.bias,
-                      target_modules=o.target_modules, modules_to_save=o.modules_to_save,
-                      use_rslora=o.use_rslora, use_dora=o.use_dora, task_type="CAUSAL_LM")
+                      target_modules=o.target_modules, use_rslora=o.use_rslora, use_dora=o.use_dora,
+                      task_type="CAUSAL_LM", **extra)
 
 
 def planned_share(recipe) -> str | None:
@@ -77,6 +79,11 @@ class LoraAdapter(Adapter):
     name = "lora"
     Options = LoraOptions
 
+    def check(self, recipe):
+        from .token_rows import new_token_problems
+
+        return new_token_problems(recipe)
+
     def describe_plan(self, recipe):
         o = self.options
         lines = [f"r={o.r} alpha={o.alpha} on {o.target_modules}"]
@@ -96,7 +103,10 @@ class LoraAdapter(Adapter):
         import torch
         from peft import get_peft_model, prepare_model_for_kbit_training
 
+        from .token_rows import head_with_bias, train_rows
+
         o = self.options
+        new_rows = train_rows(run, loaded, modules_to_save=o.modules_to_save)  # before hooks go on the embeddings
         model = loaded.model
         checkpointing = bool(o.gradient_checkpointing)
         if o.gradient_checkpointing == "unsloth":
@@ -110,7 +120,8 @@ class LoraAdapter(Adapter):
             model.enable_input_require_grads()
         torch.manual_seed(o.random_state)
         try:
-            model = get_peft_model(model, peft_config(o))
+            model = get_peft_model(model, peft_config(o, **new_rows))
+            head_with_bias(model)
         except ValueError as exc:
             raise UserError(f"adapt.target_modules {o.target_modules}: {exc}") from exc
         log_parameters(run, model, "LoRA")
@@ -138,7 +149,10 @@ class LoraAdapter(Adapter):
         if fast is None:
             raise UserError('backend "unsloth" did not hand over FastLanguageModel (Loaded.extras["unsloth"])')
         try:
-            model = fast.get_peft_model(loaded.model, **self.unsloth_arguments(loaded))
+            from .token_rows import train_rows
+
+            new_rows = train_rows(run, loaded, unsloth=True, modules_to_save=self.options.modules_to_save)
+            model = fast.get_peft_model(loaded.model, **{**self.unsloth_arguments(loaded), **new_rows})
         except ValueError as exc:
             raise UserError(f"adapt.target_modules {self.options.target_modules}: {exc}") from exc
         log_parameters(run, model, "LoRA (Unsloth)")

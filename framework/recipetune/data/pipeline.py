@@ -21,6 +21,7 @@ from ..problems import NoChatTemplate, UserError
 from .encode import EncodeSettings, WithTools, encode_conversations, encode_one
 from .mixture import gather, member_stats
 from .ops import Record, describe_row
+from .new_tokens import apply_choice as apply_new_tokens_choice
 from .samples import IGNORE, SampleTable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,6 +118,7 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
     started = time.perf_counter()
     fmt = recipe.format
     template = recipe.chat_template.component
+    template, new_tokens = apply_new_tokens_choice(recipe, template, tokenizer)  # refuse, map or add (format.new_tokens)
     variables = template_variables(tokenizer, template)
     try:
         template_text = prepare_tokenizer(template, tokenizer, model)
@@ -136,6 +138,9 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
         if hit is not None:
             tables, stats = hit
             stats = {**stats, "cache": "hit", "seconds": round(time.perf_counter() - started, 2)}
+            stats.pop("new_tokens", None)  # this call's own: the tokens may have been added before (under LoRA)
+            if new_tokens:
+                stats["new_tokens"] = new_tokens
             return _formatted(tables, template, stats)
 
     dropped: dict[str, int] = {}
@@ -193,6 +198,8 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
     if fmt.datasets:
         stats["mix"] = fmt.mix
         stats["datasets"] = member_stats(reads, tables, members["train"])
+    if new_tokens:
+        stats["new_tokens"] = new_tokens
     stats["empty_answers"] = len(empty_answers)
     if empty_answers:
         stats["empty_answer_example"] = describe_row(empty_answers[0].index, empty_answers[0].row, limit=160)
@@ -301,6 +308,8 @@ def format_for_training(run: "Run", loaded) -> FormattedDataset:
     if empty:
         run.logger.warning("%s", empty)
         stats["empty_answer_warning"] = empty
+    if stats.get("new_tokens"):
+        run.logger.info("new tokens: %s", stats["new_tokens"]["message"])
     run.state["format_stats"] = stats
     if getattr(dataset, "test", None):
         run.state["test_dataset"] = dataset.test

@@ -115,6 +115,12 @@ class FormatTable(BaseModel):
     """Longest sample in tokens; default: ``load.max_seq_length``."""
     too_long: Literal["truncate", "drop"] = "truncate"
     """What happens to a sample longer than ``max_seq_length``: cut it, or drop it (both are counted)."""
+    new_tokens: Literal["train", "map", "refuse"] | None = None
+    """What happens when the chat template needs tokens the tokenizer lacks (``zephyr`` on a ChatML model):
+    ``train`` adds them and trains their rows (under LoRA only those rows, saved with the adapter), ``map`` adds
+    none (the stop token becomes the tokenizer's own end token, other markers plain text), ``refuse`` stops with an
+    error naming them. Default: ``refuse`` under an adapter (LoRA does not train new embedding rows), ``train`` for
+    full fine-tuning. See ``docs/data.md``."""
     validation_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Hold out this fraction of samples (seeded by ``split_seed``) as a validation set."""
     test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
