@@ -88,7 +88,11 @@ def write_report(run: "Run", result: "TrainResult | None") -> Path:
     if run.state.get("trainable_parameters"):
         lines.append(f"| parameters | {trainable_share(*run.state['trainable_parameters'])} |")
     if recipe.format is not None:
-        lines.append(f"| data | `{Path(recipe.format.dataset).name}` ({recipe.standardizer.use}, template {recipe.chat_template.use}) |")
+        if recipe.format.datasets:  # a mixture
+            lines.append(f"| data | {len(recipe.format.datasets)} datasets mixed by {recipe.format.mix} "
+                         f"(template {recipe.chat_template.use}) |")
+        else:
+            lines.append(f"| data | `{Path(recipe.format.dataset).name}` ({recipe.standardizer.use}, template {recipe.chat_template.use}) |")
     lines.append(f"| seed | {recipe.seed} |")
     if result is not None:
         lines.append(f"| steps | {result.steps} |")
@@ -100,11 +104,18 @@ def write_report(run: "Run", result: "TrainResult | None") -> Path:
     lines.append("")
     stats = run.state.get("format_stats")
     if stats:
-        shown = {k: v for k, v in stats.items() if k not in ("empty_answer_example", "stop_token_warning")}
+        shown = {k: v for k, v in stats.items() if k not in ("empty_answer_example", "stop_token_warning", "datasets")}
         lines += ["## Data", "", " · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in shown.items()), ""]
         for key in ("stop_token_warning", "empty_answer_warning"):
             if stats.get(key):
                 lines += [f"**Warning:** {stats[key]}", ""]
+        if stats.get("datasets"):  # a mixture: each dataset's share (recipetune.data.mixture.member_stats)
+            lines += ["| dataset | read | after its ops | in the mixture | samples | share | trained tokens | share |",
+                      "|---|---|---|---|---|---|---|---|"]
+            lines += [f"| {m['name']} | {m['read']} | {m['after_ops']} | {m['mixed']} | {m['samples']} | "
+                      f"{100 * m['share_samples']:.1f}% | {m['trained_tokens']} | {100 * m['share_trained_tokens']:.1f}% |"
+                      for m in stats["datasets"]]
+            lines.append("")
     metrics = run.read_metrics()
     losses = [m for m in metrics if "loss" in m]
     if losses:
