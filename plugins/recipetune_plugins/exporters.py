@@ -30,12 +30,17 @@ class LoraExporter(Exporter):
     def export(self, run, loaded, result):
         if loaded.adapter is None:
             raise ValueError("there is no adapter to export (no [adapt] table); use the merged exporter")
+        from .model_card import base_model_reference, portable_adapter_config, write_model_card
+
         target = run.artifacts_dir / self.options.folder
+        base, revision = base_model_reference(run)
         with atomic_dir(target) as tmp:
             # peft_save: {"save_embedding_layers": False} when only the rows of new tokens are trained (token_rows)
             loaded.model.save_pretrained(tmp, safe_serialization=True, **loaded.extras.get("peft_save", {}))
             loaded.tokenizer.save_pretrained(tmp)
-        return [Artifact("lora", target, f"LoRA adapter for {loaded.model_name}", {"base_model": loaded.model_name})]
+            portable_adapter_config(tmp, base, revision)  # the recipe's model id, not this machine's cache path
+            write_model_card(run, result, "lora", tmp, target)
+        return [Artifact("lora", target, f"LoRA adapter for {base}", {"base_model": base, "revision": revision})]
 
 
 class MergedOptions(Options):
@@ -81,9 +86,12 @@ class MergedExporter(Exporter):
     def export(self, run, loaded, result):
         merged = merged_model(loaded, self.options.dtype)
         target = run.artifacts_dir / self.options.folder
+        from .model_card import write_model_card
+
         with atomic_dir(target) as tmp:
             merged.save_pretrained(tmp, safe_serialization=True)
             loaded.tokenizer.save_pretrained(tmp)
+            write_model_card(run, result, "merged", tmp, target)
         size = sum(f.stat().st_size for f in Path(target).rglob("*.safetensors"))
         return [Artifact("merged", target, f"merged {self.options.dtype} weights ({size / 2**20:.1f} MiB)",
                          {"dtype": self.options.dtype, "bytes": size})]

@@ -71,6 +71,19 @@ def _available_memory_gib() -> tuple[float, str]:
         return float("inf"), "this machine"
 
 
+def size_unknown_because(model: str) -> str:
+    """Why the plan cannot size the model before loading it, in the words of what ``model`` is."""
+    try:
+        local = local_model_path(model)
+    except UserError:
+        local = None
+    if local is None:
+        return "model size unknown until it is loaded (a Hub id: its config.json is read when the run loads it)"
+    if local.is_dir():
+        return f"model size unknown: no readable config.json in the local folder {local}"
+    return f"model size unknown until the local file {local.name} is converted (the first run does it once)"
+
+
 def cuda_available() -> bool:
     import torch
 
@@ -82,6 +95,13 @@ class HFBackend(Backend):
 
     name = "hf"
     Options = HFOptions
+
+    def check(self, recipe):
+        from .adapter_folders import adapter_as_model_problem
+
+        message = adapter_as_model_problem(self.options.model)
+        if message:
+            yield Problem("load.model", message)
 
     def preflight(self, recipe):
         o = self.options
@@ -108,7 +128,7 @@ class HFBackend(Backend):
         quant = "4-bit nf4" if o.load_in_4bit else "8-bit" if o.load_in_8bit else "full precision"
         lines = [f"{quant}, dtype {o.dtype}, max_seq_length {o.max_seq_length}"]
         est = self.estimate(recipe)
-        lines.append(est.describe() + " (rough estimate)" if est else "model size unknown until it is loaded (not a local folder)")
+        lines.append(est.describe() + " (rough estimate)" if est else size_unknown_because(o.model))
         return lines
 
     def estimate(self, recipe):

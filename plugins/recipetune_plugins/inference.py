@@ -1,8 +1,9 @@
 """``recipe generate`` and ``recipe chat``: run a fine-tuned model on the CPU.
 
 MODEL is a ``.gguf`` file (llama.cpp through llama-cpp-python), a run folder (its
-most precise GGUF, else its merged weights), a folder of GGUF files, or an HF
-model folder (transformers). With GGUF the chat template embedded in the file is
+most precise GGUF, else its merged weights, else its LoRA adapter), a folder of GGUF
+files, an HF model folder (transformers), or a LoRA adapter folder (its base model
+loaded with transformers and the adapter merged in memory). With GGUF the chat template embedded in the file is
 rendered in recipetune's sandbox, the thread count is set explicitly and the
 model's end-of-generation tokens end the answer.
 """
@@ -21,13 +22,15 @@ import click
 
 from recipetune import UserError, hookimpl
 
+from .adapter_folders import is_adapter_folder, load_with_adapter
+
 PRECISION_ORDER = ["f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0",
                    "q3_k_m", "q2_k"]
 
 
 @dataclass
 class ModelRef:
-    kind: str  # "gguf" or "hf"
+    kind: str  # "gguf", "hf" or "adapter"
     path: Path
 
 
@@ -42,15 +45,22 @@ def resolve_model(ref: str, gguf_type: str | None = None) -> ModelRef:
     if path.is_file() and path.suffix == ".gguf":
         return ModelRef("gguf", path)
     if not path.is_dir():
-        raise UserError(f"{ref}: not a .gguf file or a folder (expected a GGUF file, a run folder or an HF model folder)")
+        raise UserError(f"{ref}: not a .gguf file or a folder (expected a GGUF file, a run folder, an HF model folder "
+                        "or a LoRA adapter folder)")
     resolved = path / "resolved.json"
     if resolved.exists():
         artifacts = json.loads(resolved.read_text(encoding="utf-8")).get("artifacts", [])
         ggufs = [Path(a["path"]) for a in artifacts if a.get("kind") == "gguf" and Path(a["path"]).exists()]
         merged = [Path(a["path"]) for a in artifacts if a.get("kind") == "merged" and Path(a["path"]).exists()]
+        adapters = [Path(a["path"]) for a in artifacts if a.get("kind") == "lora" and Path(a["path"]).exists()]
         if ggufs or merged:
             return _pick(ggufs, gguf_type, ref) if ggufs else ModelRef("hf", merged[0])
-        raise UserError(f"{ref}: this run folder has no gguf or merged artifact; add [[export]] use = \"gguf\" to the recipe")
+        if adapters and not gguf_type:
+            return ModelRef("adapter", adapters[0])
+        raise UserError(f"{ref}: this run folder has no gguf, merged or lora artifact"
+                        + (f" (a GGUF file is written from its adapter by: recipe export {ref} --to gguf)" if adapters else ""))
+    if is_adapter_folder(path):
+        return ModelRef("adapter", path)
     ggufs = sorted(path.glob("*.gguf"))
     if ggufs:
         return _pick(ggufs, gguf_type, ref)
@@ -107,11 +117,15 @@ class GgufChat:
 class HFChat:
     """An HF model folder in transformers on the CPU (slower than GGUF; for checking a merged export)."""
 
-    def __init__(self, path: Path, threads: int, seed: int = 0):
+    def __init__(self, path: Path, threads: int, seed: int = 0, adapter: bool = False):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.set_num_threads(threads)
+        if adapter:  # a LoRA folder: its base model with the adapter merged in memory
+            model, self.tokenizer, _ = load_with_adapter(path, "float32")
+            self.model = model.eval()
+            return
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True).eval()
 
@@ -148,7 +162,7 @@ def open_chat(model: str, gguf_type: str | None, threads: int | None, seed: int,
         except ImportError:
             raise UserError('running a GGUF file needs llama-cpp-python: pip install "recipetune[gguf]"') from None
         return ref, GgufChat(ref.path, threads, n_ctx=n_ctx, seed=seed)
-    return ref, HFChat(ref.path, threads, seed=seed)
+    return ref, HFChat(ref.path, threads, seed=seed, adapter=ref.kind == "adapter")
 
 
 _model_argument = click.argument("model", metavar="MODEL")
@@ -177,7 +191,7 @@ def register_commands(cli):
                   help="0 is greedy (repeatable).")
     @click.option("--stats", is_flag=True, help="Print tokens and tokens/s to stderr.")
     def generate(model, gguf_type, threads, max_tokens, seed, n_ctx, system, prompt, temperature, stats):
-        """Print one completion of PROMPT by MODEL (a .gguf file, a run folder or an HF folder)."""
+        """Print one completion of PROMPT by MODEL (a .gguf file, a run folder, an HF folder or a LoRA adapter folder)."""
         try:
             ref, chat = open_chat(model, gguf_type, threads, seed, n_ctx)
         except (UserError, ValueError) as exc:
@@ -224,7 +238,10 @@ def register_commands(cli):
                 if line.strip() in ("/exit", "/quit"):
                     break
                 if line.strip() == "/reset":
+                    turns = sum(1 for m in history if m["role"] == "user")
                     history = list(base)
+                    click.echo(f"(history cleared: {turns} exchange{'s' if turns != 1 else ''} forgotten"
+                               + (", the system message kept)" if base else ")"), err=True)
                     continue
                 if not line.strip():
                     continue

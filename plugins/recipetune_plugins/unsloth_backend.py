@@ -117,6 +117,11 @@ class UnslothBackend(Backend):
     Options = UnslothOptions
 
     def check(self, recipe):
+        from .adapter_folders import adapter_as_model_problem
+
+        message = adapter_as_model_problem(self.options.model)
+        if message:
+            yield Problem("load.model", message)
         adapt = recipe.adapt
         if self.options.full_finetuning and adapt is not None:
             yield Problem("load.full_finetuning", f"full_finetuning trains every weight, but [adapt] uses {adapt.use!r}; "

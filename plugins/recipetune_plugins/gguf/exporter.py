@@ -53,6 +53,11 @@ class GgufOptions(Options):
         return list(dict.fromkeys(self.quantization))
 
 
+def llama_cpp_available() -> bool:
+    """Whether llama-cpp-python is installed (needed to quantize and to check files, not to write f16/bf16/f32)."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
 def recipe_sha256(recipe) -> str:
     """A hash of the recipe text and its command-line overrides: which recipe made this file."""
     return hashlib.sha256("\n".join([recipe.text, *recipe.overrides]).encode()).hexdigest()
@@ -71,9 +76,20 @@ class GgufExporter(Exporter):
         return "export"
 
     def preflight(self, recipe):
-        for module, package in (("gguf", "gguf"), ("llama_cpp", "llama-cpp-python")):
-            if importlib.util.find_spec(module) is None:
-                yield Problem(f"{self._path(recipe)}.use", f"GGUF export needs {package}: pip install 'recipetune[gguf]'")
+        where = f"{self._path(recipe)}.use"
+        if importlib.util.find_spec("gguf") is None:
+            yield Problem(where, "GGUF export needs gguf: pip install 'recipetune[gguf]'")
+        if llama_cpp_available():
+            return
+        quantized = [t for t in self.options.types() if t not in FLOAT_TYPES]
+        if quantized:
+            yield Problem(f"{self._path(recipe)}.quantization",
+                          f"quantizing to {', '.join(quantized)} needs llama-cpp-python (llama.cpp's quantizer): "
+                          "pip install 'recipetune[gguf]', or list only f16, bf16 or f32 (written without it)")
+        elif self.options.verify:
+            yield Problem(where, "llama-cpp-python is not installed, so the GGUF files are written unchecked; check them "
+                          "later where it is installed with: recipe export RUN_FOLDER --check (or set verify = false)",
+                          severity="warning")
 
     def describe_plan(self, recipe):
         o = self.options
@@ -86,7 +102,7 @@ class GgufExporter(Exporter):
 
         from ..exporters import merged_model
         from ..generation import stop_ids
-        from .modelfile import modelfile_text
+        from .modelfile import chat_context, modelfile_text
         from .quantize import fallbacks, quantize, tensor_types, type_summary
         from .verify import quiet_native_output, verify_gguf
         from .vocab import vocab_metadata
@@ -149,7 +165,14 @@ class GgufExporter(Exporter):
                     details["fallbacks"] = fell_back
                     notes.append(f"{len(fell_back)} matrices have rows not divisible by 256, so llama.cpp used "
                                  f"{type_summary({k: (v, 0, 0) for k, v in fell_back.items()})} for them instead of {t}")
-            if o.verify:
+            if not (o.verify and llama_cpp_available()):
+                why = "verify = false" if not o.verify else "llama-cpp-python is not installed here"
+                details["verification"] = {"checked": False, "reason": why}
+                notes.append(f"unchecked ({why}); where llama-cpp-python is installed, check it against the trained "
+                             f"model with: recipe export {run.output_dir} --check")
+                (run.logger.warning if o.verify else run.logger.info)(
+                    "gguf: %s is unchecked (%s); check it later with: recipe export %s --check", path.name, why, run.output_dir)
+            else:
                 run.logger.info("gguf: checking %s against transformers with llama.cpp", path.name)
                 check = verify_gguf(path, t, model, tokenizer, stops, prompts=o.verify_prompts,
                                     max_new_tokens=o.verify_max_tokens, threads=o.threads)
@@ -169,7 +192,7 @@ class GgufExporter(Exporter):
         if o.modelfile:
             first = written[types[0]]
             stop_tokens = [tokenizer.convert_ids_to_tokens(i) for i in sorted(stops)]
-            context = min(loaded.max_seq_length or 2048, int(getattr(model.config, "max_position_embeddings", 0) or 2048))
+            context = chat_context(loaded.max_seq_length, getattr(model.config, "max_position_embeddings", None))
             text = modelfile_text(first.name, tokenizer.chat_template, stop_tokens, context)
             artifacts.append(Artifact("modelfile", write_text(folder / "Modelfile", text), f"Ollama Modelfile for {first.name}"))
         if failures:

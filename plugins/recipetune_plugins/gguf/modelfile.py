@@ -21,6 +21,17 @@ OLLAMA_TEMPLATES: dict[str, tuple[str, str]] = {
 }
 
 
+CHAT_CONTEXT = 4096
+"""Tokens of context a chat gets in Ollama (system message, several turns, the answer) when the model allows it."""
+
+
+def chat_context(trained_length: int | None, model_limit: int | None, wanted: int = CHAT_CONTEXT) -> int:
+    """``num_ctx`` for a chat: room for a conversation, not the training ``max_seq_length`` (256 for the quickstart,
+    which cut a chat off after a couple of turns), and never beyond what the model's positions cover."""
+    context = max(wanted, int(trained_length or 0))
+    return min(context, int(model_limit)) if model_limit else context
+
+
 def template_family(chat_template: str | None) -> str | None:
     if not chat_template:
         return None
