@@ -2,6 +2,7 @@
 
     python bench/bench_data.py                 # 100,000 FineTome-shaped conversations
     python bench/bench_data.py --n 10000       # a quicker run
+    python bench/bench_data.py --mixture       # one dataset against the same 100,000 rows as a mixture of three
 
 The data is generated here (deterministic): FineTome-100k's shape, a ``conversations`` list of
 ``{from, value}`` turns (human/gpt, some with a system turn, one to three exchanges), a ``source``
@@ -20,6 +21,11 @@ template) and two processes, in this one process:
 The token ids of every row must be identical (asserted); (b) also builds the assistant-only loss
 masks, which (a) does not. Prints the times and the ratio, and writes
 bench/results/data-<date>.json.
+
+``--mixture`` times (b) against the same conversations split into three files of three shapes (ShareGPT,
+OpenAI messages, ShareGPT under other names; 40/35/25 %) read as ``[[format.datasets]]``, mixed by ``concat``
+(same ids as (b), asserted) and by ``weighted`` (every row once, shuffled; same lengths, asserted), each path
+``--repeat`` times in rotating order, and writes bench/results/data-mixture-<date>.json.
 """
 
 from __future__ import annotations
@@ -178,6 +184,127 @@ use = "sft"
     return dataset, {"total": total}
 
 
+# ---------------------------------------------------------------- (m) a mixture of three datasets
+MIXTURE_SHARES = (0.40, 0.35, 0.25)
+
+
+def write_mixture_members(data: Path, folder: Path) -> list[Path]:
+    """The conversations of ``data`` in three files of three shapes, in order: ShareGPT ``from``/``value`` (40 %),
+    OpenAI ``messages`` of ``role``/``content`` (35 %), ShareGPT under other column and key names (25 %)."""
+    rows = [json.loads(line) for line in data.open(encoding="utf-8")]
+    cut1 = int(len(rows) * MIXTURE_SHARES[0])
+    cut2 = cut1 + int(len(rows) * MIXTURE_SHARES[1])
+    roles = {"human": "user", "gpt": "assistant", "system": "system"}
+    paths = [folder / "mix_sharegpt.jsonl", folder / "mix_messages.jsonl", folder / "mix_dialog.jsonl"]
+    with paths[0].open("w", encoding="utf-8") as fh:
+        for row in rows[:cut1]:
+            fh.write(json.dumps(row) + "\n")
+    with paths[1].open("w", encoding="utf-8") as fh:
+        for row in rows[cut1:cut2]:
+            fh.write(json.dumps({"messages": [{"role": roles[t["from"]], "content": t["value"]}
+                                              for t in row["conversations"]], "source": row["source"]}) + "\n")
+    with paths[2].open("w", encoding="utf-8") as fh:
+        for row in rows[cut2:]:
+            fh.write(json.dumps({"dialog": [{"speaker": t["from"], "text": t["value"]} for t in row["conversations"]],
+                                 "score": row["score"]}) + "\n")
+    return paths
+
+
+def mixture_way(members: list[Path], n: int, mix: str, tokenizer, num_proc: int, workdir: Path):
+    """(m) the format stage on the three files as ``[[format.datasets]]``: ``concat``, or ``weighted`` with weights
+    40 : 35 : 25 and ``mix_rows = n`` (every row once, shuffled with the seed)."""
+    from recipetune import load_recipe
+    from recipetune.data.pipeline import build_dataset
+
+    weights = [f"weight = {round(100 * s)}" if mix == "weighted" else "" for s in MIXTURE_SHARES]
+    standardizers = ['"sharegpt"', '"messages"',
+                     '{ use = "sharegpt", column = "dialog", role_key = "speaker", content_key = "text" }']
+    tables = "\n".join(f'[[format.datasets]]\ndataset = "{path}"\nstandardizer = {std}\n{weight}\n'
+                        for path, std, weight in zip(members, standardizers, weights))
+    recipe_path = workdir / f"bench_data_{mix}.toml"
+    recipe_path.write_text(f"""
+name = "bench-data-mixture"
+seed = 3407
+
+[load]
+use = "hf"
+model = "{MODEL}"
+
+[adapt]
+use = "lora"
+
+[format]
+chat_template = "tokenizer"
+train_on = "assistant"
+max_seq_length = 1000000
+num_proc = {num_proc}
+cache = false
+mix = "{mix}"
+{"mix_rows = " + str(n) if mix == "weighted" else ""}
+
+{tables}
+[train]
+use = "sft"
+""", encoding="utf-8")
+    recipe = load_recipe(recipe_path)
+    t0 = time.perf_counter()
+    dataset = build_dataset(recipe, tokenizer, use_cache=False, progress=False)
+    return dataset, {"total": time.perf_counter() - t0}
+
+
+def mixture_main(args) -> int:
+    """``--mixture``: one dataset against the same conversations as a mixture of three (concat and weighted), the
+    three paths run ``--repeat`` times in rotating order (the CPU is shared: medians and ratios, not one run)."""
+    import statistics
+
+    folder, _ = load_tokenizer()
+    with tempfile.TemporaryDirectory(prefix="bench-data-mix-") as tmp:
+        tmp = Path(tmp)
+        data = tmp / "finetome_shaped.jsonl"
+        shape = generate(data, args.n, args.seed)
+        members = write_mixture_members(data, tmp)
+        print(f"data: {shape['rows']} rows in one file and in three ({', '.join(p.name for p in members)})", flush=True)
+        paths = {"single": lambda tok: recipetune_way(data, tok, args.num_proc, tmp),
+                 "concat": lambda tok: mixture_way(members, args.n, "concat", tok, args.num_proc, tmp),
+                 "weighted": lambda tok: mixture_way(members, args.n, "weighted", tok, args.num_proc, tmp)}
+        times: dict[str, list[float]] = {k: [] for k in paths}
+        reference = None
+        names = list(paths)
+        for r in range(args.repeat):
+            for key in names[r % len(names):] + names[: r % len(names)]:
+                _, tok = load_tokenizer()
+                dataset, t = paths[key](tok)
+                table = dataset.train
+                assert len(table) == args.n, f"{key}: {len(table)} samples of {args.n}: {dataset.stats}"
+                if reference is None:
+                    reference = (table.ids.copy(), table.offsets.copy(), np.sort(table.lengths))
+                if key == "weighted":  # every row once, in another order: the same lengths and tokens
+                    assert np.array_equal(np.sort(table.lengths), reference[2]) and len(table.ids) == len(reference[0])
+                    assert [m["samples"] for m in dataset.stats["datasets"]] == [
+                        int(args.n * MIXTURE_SHARES[0]), int(args.n * MIXTURE_SHARES[1]),
+                        args.n - int(args.n * MIXTURE_SHARES[0]) - int(args.n * MIXTURE_SHARES[1])]
+                else:  # the same conversations in the same order: the same ids
+                    same_ids(table.ids, table.offsets, reference[0], reference[1], args.n, f"{key} vs the first run")
+                times[key].append(t["total"])
+                print(f"run {r + 1} {key}: {t['total']:.1f} s", flush=True)
+                del dataset, table
+                gc.collect()
+    median = {k: statistics.median(v) for k, v in times.items()}
+    ratios = {k: round(median["single"] / median[k], 3) for k in ("concat", "weighted")}
+    print(f"median single {median['single']:.1f} s, concat {median['concat']:.1f} s, weighted {median['weighted']:.1f} s;"
+          f" single/concat {ratios['concat']:.2f}x, single/weighted {ratios['weighted']:.2f}x (goal >= 1.0x)")
+    result = {"date": dt.date.today().isoformat(), "n": args.n, "num_proc": args.num_proc, "cpus": os.cpu_count(),
+              "repeat": args.repeat, "machine": platform.machine(), "load_average": os.getloadavg(),
+              "data": shape, "shares": MIXTURE_SHARES, "seconds": {k: [round(x, 2) for x in v] for k, v in times.items()},
+              "median_s": {k: round(v, 2) for k, v in median.items()}, "single_over_mixture": ratios,
+              "versions": versions(), "tokenizer": str(folder)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"data-mixture-{result['date']}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
 def load_tokenizer():
     from transformers import AutoTokenizer
 
@@ -216,7 +343,12 @@ def main(argv=None) -> int:
     parser.add_argument("--num-proc", type=int, default=2, help="processes for every path (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="data generation seed")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="folder for the JSON result")
+    parser.add_argument("--mixture", action="store_true", help="one dataset against the same rows as a mixture of "
+                        "three [[format.datasets]] (concat and weighted) instead of the notebook comparison")
+    parser.add_argument("--repeat", type=int, default=3, help="--mixture: runs of each path, in rotating order")
     args = parser.parse_args(argv)
+    if args.mixture:
+        return mixture_main(args)
 
     folder, tok_a = load_tokenizer()
     _, tok_a2 = load_tokenizer()
