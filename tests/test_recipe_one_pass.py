@@ -84,3 +84,24 @@ def test_a_duplicate_key_at_the_end_of_the_file_and_a_twice_declared_table(recip
 def test_openai_standardizer_suggests_messages(recipe_problems):
     [problem] = recipe_problems(GOOD.replace('dataset = "org/data"', 'dataset = "org/data"\nstandardizer = "openai"'))
     assert ":13:1: format.standardizer.use: unknown dataset format 'openai'; did you mean 'messages'?" in problem
+
+
+def test_rows_with_an_empty_answer_are_counted_and_named(tmp_path, tiny_model_dir):
+    import json
+
+    from click.testing import CliRunner
+
+    from recipetune.cli import build_cli
+
+    rows = [{"messages": [{"role": "user", "content": f"Question {i}?"},
+                          {"role": "assistant", "content": "" if i == 1 else f"Answer {i}."}]} for i in range(3)]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'name = "e"\n[load]\nuse = "hf"\nmodel = "{tiny_model_dir}"\n'
+                      f'[format]\ndataset = "{data}"\nstandardizer = "messages"\ncache = false\n'
+                      '[train]\nuse = "sft"\nmax_steps = 2\nwarmup_steps = 0\n')
+    result = CliRunner().invoke(build_cli(), ["data", str(recipe), "--output-dir", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert "warning: 1 of 3 rows have an empty answer" in result.output
+    assert 'op = "drop_empty"' in result.output and "Question 1?" in result.output

@@ -30,3 +30,14 @@ def test_a_warning_names_its_level_once():
     assert LogFormat().format(record) == "WARNING the stop token '<|im_end|>' is not trained"
     info = logging.LogRecord("recipetune", logging.INFO, __file__, 1, "stage load: started", (), None)
     assert LogFormat().format(info) == "INFO stage load: started"
+
+
+def test_the_plan_says_why_a_model_size_is_unknown(tmp_path):
+    from recipetune_plugins.hf_backend import size_unknown_because
+
+    assert "a Hub id" in size_unknown_because("org/model")
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    assert size_unknown_because(str(folder)) == f"model size unknown: no readable config.json in the local folder {folder}"
+    assert "not a local folder" not in size_unknown_because(str(folder))
