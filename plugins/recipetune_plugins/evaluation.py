@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from recipetune import Options, Problem
+from recipetune import Options, Problem, hookimpl
 
 KNOWN_METRICS = ("eval_loss", "eval_mean_token_accuracy", "eval_entropy")
 """What an evaluation of TRL's SFTTrainer reports (besides timings)."""
@@ -50,6 +50,10 @@ class EvaluationOptions(Options):
     keep: Literal["last", "best"] = "last"
     """The weights a run ends with, reports on and exports: the last step's, or those of the best evaluation by
     ``metric_for_best_model`` (needs ``eval_steps``)."""
+    lr_scheduler_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra arguments of the learning-rate schedule (transformers' ``lr_scheduler_kwargs``), e.g.
+    ``{patience = 1, factor = 0.5}`` for ``reduce_lr_on_plateau`` (which lowers the rate when
+    ``metric_for_best_model`` stops improving; needs ``eval_steps``)."""
 
 
 def bigger_is_better(options: EvaluationOptions) -> bool:
@@ -87,9 +91,10 @@ def evaluation_problems(options: Any, recipe: Any) -> list[Problem]:
 
 def evaluation_arguments(options: EvaluationOptions, has_eval: bool) -> dict[str, Any]:
     """Keyword arguments of ``SFTConfig`` for the metric (read by early stopping and ``reduce_lr_on_plateau``)."""
+    extra = {"lr_scheduler_kwargs": dict(options.lr_scheduler_kwargs)} if options.lr_scheduler_kwargs else {}
     if not has_eval:
-        return {}
-    return {"metric_for_best_model": metric_key(options.metric_for_best_model),
+        return extra
+    return {**extra, "metric_for_best_model": metric_key(options.metric_for_best_model),
             "greater_is_better": bigger_is_better(options)}
 
 
@@ -238,3 +243,23 @@ class BestWeights:
                     self.finish(model, state.global_step)
 
         return _BestWeights(run, options)
+
+
+WEIGHT_ARTIFACTS = ("lora", "merged", "gguf")
+"""Artifacts that hold the trained weights: they say whether those are the best or the last."""
+
+
+@hookimpl
+def after_stage_run(run, stage, result):
+    """Exported weights say which weights they are: the best evaluation's (``keep = "best"``) or the last step's."""
+    kept = run.state.get("kept")
+    if stage != "export" or not kept:
+        return
+    best = kept.get("best")
+    for artifact in run.artifacts:
+        if artifact.kind not in WEIGHT_ARTIFACTS or "weights" in artifact.details:
+            continue
+        artifact.details.update({"weights": kept["keep"], "weights_step": kept["step"]})
+        if kept["keep"] == "best":
+            artifact.description += (f" — the best weights by {best['metric']} ({best['value']:.4f} at step "
+                                     f"{best['step']}; training ended at step {kept['last_step']})")
