@@ -278,3 +278,13 @@ def test_what_cannot_be_served_is_one_clear_line(tmp_path, tiny_gguf, tiny_model
     broken.write_bytes(b"GGUF" + b"\0" * 64)
     bad = run_serve(str(broken), "--port", "0")
     assert bad.returncode == 1 and "cannot load" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_port_in_use_is_one_clear_line(tiny_gguf):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run_serve(str(tiny_gguf), "--port", str(port))
+    assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "--port" in result.stderr and "Traceback" not in result.stderr
