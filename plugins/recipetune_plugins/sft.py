@@ -12,8 +12,11 @@ from pydantic import Field, field_validator
 
 from recipetune import Options, Problem, Trainer, TrainResult, UserError, hookimpl
 
+from .evaluation import EvaluationOptions, evaluation_arguments, evaluation_callbacks, evaluation_problems
+from .evaluation import after_stage_run  # noqa: F401  (a hook: exported weights say whether they are the best or the last)
 
-class SFTOptions(Options):
+
+class SFTOptions(EvaluationOptions):
     per_device_train_batch_size: int = Field(default=2, ge=1)
     """Samples per device per forward pass."""
     gradient_accumulation_steps: int = Field(default=4, ge=1)
@@ -204,6 +207,7 @@ class SFTTrainer(Trainer):
         if o.eval_steps and fmt is not None and not (fmt.validation_fraction or fmt.validation_split):
             yield Problem("train.eval_steps", "eval_steps needs a validation set: set format.validation_fraction "
                           "(e.g. 0.05) or format.validation_split")
+        yield from evaluation_problems(o, recipe)
         if o.max_steps > 0 and o.warmup_steps >= o.max_steps:
             yield Problem("train.warmup_steps", f"warmup_steps = {o.warmup_steps} is not below max_steps = {o.max_steps}: "
                           f"the learning rate never reaches learning_rate = {o.learning_rate}; lower warmup_steps "
@@ -244,6 +248,7 @@ class SFTTrainer(Trainer):
             save_strategy="steps" if o.save_steps else "no", save_steps=o.save_steps or 500,
             save_total_limit=o.save_total_limit,
             eval_strategy="steps" if (has_eval and o.eval_steps) else "no", eval_steps=o.eval_steps,
+            **evaluation_arguments(o, has_eval and bool(o.eval_steps)),
             # the format stage already cut every sample to its length (format.max_seq_length, which may exceed
             # load.max_seq_length): the trainer must not cut again, or the stop token checked there is lost
             max_length=max(filter(None, [loaded.max_seq_length, run.state.get("format_stats", {}).get("max_seq_length")])),
@@ -283,7 +288,7 @@ class SFTTrainer(Trainer):
             setattr(args, key, value)
         trainer = TRLSFTTrainer(model=loaded.model, args=args,
                                 train_dataset=train, eval_dataset=evals, processing_class=loaded.tokenizer,
-                                callbacks=[metrics_callback(run)], data_collator=packed.collator if packed else None)
+                                callbacks=[metrics_callback(run), *evaluation_callbacks(run, self.options, evals is not None)], data_collator=packed.collator if packed else None)
         resume_from = latest_checkpoint(run.checkpoints_dir) if run.resume else None
         if run.resume:
             run.logger.info("resuming from %s", resume_from or "the start (no checkpoint found)")

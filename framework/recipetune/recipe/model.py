@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data.ops import Op
 
+from .sweep_table import SweepTable
 from .types import PathOrHubId, RecipePath
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,6 +31,8 @@ class RecipeHeader(BaseModel):
     """Seed for Python, NumPy and torch; a CPU run with the same seed repeats exactly."""
     output_dir: RecipePath | None = None
     """Run folder (relative to the recipe file). Default: ``runs/<name>/<timestamp>`` under the working directory."""
+    sweep: SweepTable | None = None
+    """``[sweep]``: the grid of runs ``recipe sweep`` makes of this recipe; ``recipe run`` ignores it (see below)."""
 
 
 class DatasetMember(BaseModel):
