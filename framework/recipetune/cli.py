@@ -127,9 +127,12 @@ def validate(recipe_path: str, overrides: tuple[str, ...], as_json: bool) -> Non
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Run folder (default: runs/<name>/<timestamp>).")
-@click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its last checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its newest complete checkpoint, "
+              "even if the recipe changed or the run finished (a run folder of the same recipe resumes without it).")
+@click.option("--fresh", is_flag=True, help="Start over in --output-dir: remove the earlier run it holds.")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks.")
-def run(recipe_path: str, overrides: tuple[str, ...], output_dir: str | None, resume: bool, debug: bool) -> None:
+def run(recipe_path: str, overrides: tuple[str, ...], output_dir: str | None, resume: bool, fresh: bool,
+        debug: bool) -> None:
     """Run RECIPE: load, adapt, format, train, report, export.
 
     OVERRIDES are KEY=VALUE pairs such as train.max_steps=10 or load.load_in_4bit=false.
@@ -151,7 +154,7 @@ def run(recipe_path: str, overrides: tuple[str, ...], output_dir: str | None, re
     _log_to_stderr()
     from .runner import execute, prepare_run
 
-    run_ = prepare_run(recipe, pm, Path(output_dir) if output_dir else None, resume=resume)
+    run_ = prepare_run(recipe, pm, Path(output_dir) if output_dir else None, resume=resume, fresh=fresh)
     click.echo(f"run folder: {run_.output_dir}", err=True)
     for line in plan_lines(recipe):
         click.echo(line, err=True)
@@ -169,12 +172,28 @@ def run(recipe_path: str, overrides: tuple[str, ...], output_dir: str | None, re
             click.echo(f"error: {exc}", err=True)
         click.echo(f"(traceback in {run_.output_dir / 'run.log'}; rerun with --debug to show it)", err=True)
         sys.exit(EXIT_FAILED)
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted; resume with: recipe run {recipe_path} --resume --output-dir {run_.output_dir}", err=True)
+    except KeyboardInterrupt as exc:
+        click.echo("\n" + interrupted_message(exc, recipe_path, overrides, run_.output_dir), err=True)
         sys.exit(130)
     click.echo(f"report: {run_.output_dir / 'report.md'}")
     for a in run_.artifacts:
         click.echo(f"{a.kind}: {a.path}")
+
+
+def resume_command(recipe_path: str, overrides: tuple[str, ...], output_dir: Path) -> str:
+    """The command that continues a run in ``output_dir`` (a run folder of the same recipe resumes by itself)."""
+    import shlex
+
+    return " ".join(shlex.quote(part) for part in ("recipe", "run", recipe_path, *overrides, "--output-dir", str(output_dir)))
+
+
+def interrupted_message(exc: BaseException, recipe_path: str, overrides: tuple[str, ...], output_dir: Path) -> str:
+    checkpoint = getattr(exc, "checkpoint", None)
+    from .checkpoints import newest_complete
+
+    checkpoint = checkpoint or newest_complete(output_dir / "checkpoints")
+    saved = f"checkpoint written: {checkpoint}" if checkpoint else "no checkpoint yet: a resumed run starts at step 1"
+    return f"interrupted; {saved}\nresume with: {resume_command(recipe_path, overrides, output_dir)}"
 
 
 def _write_traceback(run_, exc: BaseException) -> None:

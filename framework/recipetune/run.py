@@ -43,7 +43,9 @@ class Run:
     state: dict[str, Any] = field(default_factory=dict)
     """Scratch space shared by components of one run (e.g. samples taken before training)."""
     resume: bool = False
-    """True when continuing a run folder from its last checkpoint."""
+    """True when continuing the run its folder holds (``recipetune.run_folder``)."""
+    resume_from: Path | None = None
+    """The complete checkpoint a resumed run continues from (None: from the first step)."""
     loaded: "Loaded | None" = None
     """The model and tokenizer once the load stage ran (updated by adapt)."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, atomic
-from .problems import StageError
+from .problems import StageError, UserError
 from .recipe.model import Recipe
 from .run import STAGES, Run, default_output_dir
 
@@ -86,15 +86,26 @@ def resolved_document(run: Run) -> dict[str, Any]:
     }
 
 
-def prepare_run(recipe: Recipe, pm, output_dir: Path | None = None, resume: bool = False) -> Run:
-    """Create the run folder, write ``recipe.toml`` and ``resolved.json``, set up logging."""
+def prepare_run(recipe: Recipe, pm, output_dir: Path | None = None, resume: bool = False, fresh: bool = False) -> Run:
+    """Open the run folder (new, resumed, or with ``fresh`` started over: :mod:`recipetune.run_folder`), write
+    ``recipe.toml``, set up logging. A folder holding an unfinished run of the same recipe is resumed; ``resume``
+    also continues a run whose recipe changed (or that finished). Raises :class:`UserError` to refuse a folder."""
+    from . import distributed
+    from .run_folder import open_run_folder, opening_of_other_rank
+
+    if resume and fresh:
+        raise UserError("--resume and --fresh contradict each other: give one")
     out = Path(output_dir) if output_dir else (recipe.header.output_dir or default_output_dir(recipe))
+    mode = "fresh" if fresh else "resume" if resume else "auto"
+    # only rank 0 changes the run folder; the other ranks read where to resume from
+    opening = open_run_folder(out, recipe.resolved(), mode) if distributed.rank() == 0 else opening_of_other_rank(out, mode)
     out.mkdir(parents=True, exist_ok=True)
-    run = Run(recipe=recipe, pm=pm, output_dir=out.resolve(), resume=resume)
+    run = Run(recipe=recipe, pm=pm, output_dir=out.resolve(), resume=opening.resume, resume_from=opening.resume_from)
     run.artifacts_dir.mkdir(exist_ok=True)
     _attach_log_file(run)
-    if not resume:
-        run.metrics_path.unlink(missing_ok=True)
+    for note in opening.notes:
+        run.logger.info("%s", note)
+    run.state["run_folder_notes"] = opening.notes
     atomic.write_text(run.output_dir / "recipe.toml", _recipe_as_given(recipe))
     return run
 
@@ -158,7 +169,8 @@ def execute(run: Run) -> Run:
         # The report is rewritten after export so it lists the artifacts and their checks.
         hook.write_report(run=run, result=values.get("train"))
         run.write_json("resolved.json", {**resolved_document(run), "timings": run.timings,
-                                          "artifacts": [{"kind": a.kind, "path": str(a.path), **a.details} for a in run.artifacts]})
+                                          "artifacts": [{"kind": a.kind, "path": str(a.path), **a.details} for a in run.artifacts],
+                                          "finished": True})
     finally:
         handler = run.state.pop("_log_handler", None)
         if handler is not None:

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from recipetune import Options, Problem, Trainer, TrainResult, UserError, hookimpl
 
 from .evaluation import EvaluationOptions, evaluation_arguments, evaluation_callbacks, evaluation_problems
+from .supervision import trainer_arguments as supervision_arguments
 from .evaluation import after_stage_run  # noqa: F401  (a hook: exported weights say whether they are the best or the last)
 
 
@@ -146,27 +147,6 @@ def precision_flags(choice: str) -> dict[str, bool]:
     return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
-    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
-    return checkpoints[-1] if checkpoints else None
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(path.name.split("-")[-1])
-
-
-def keep_metrics_until(run, step: int) -> None:
-    """Drop metric lines after ``step``: the resumed run logs those steps again."""
-    import json
-
-    from recipetune.atomic import write_text
-
-    if not run.metrics_path.exists():
-        return
-    lines = [l for l in run.metrics_path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
-    write_text(run.metrics_path, "".join(l + "\n" for l in lines))
-
-
 ZERO_GRAD_STEPS = 2
 
 
@@ -246,7 +226,7 @@ class SFTTrainer(Trainer):
             seed=o.seed if o.seed is not None else run.recipe.seed,
             logging_steps=o.logging_steps,
             save_strategy="steps" if o.save_steps else "no", save_steps=o.save_steps or 500,
-            save_total_limit=o.save_total_limit,
+            **supervision_arguments(o),  # save_total_limit (applied once a checkpoint is complete), no NaN filter
             eval_strategy="steps" if (has_eval and o.eval_steps) else "no", eval_steps=o.eval_steps,
             **evaluation_arguments(o, has_eval and bool(o.eval_steps)),
             # the format stage already cut every sample to its length (format.max_seq_length, which may exceed
@@ -289,21 +269,18 @@ class SFTTrainer(Trainer):
         trainer = TRLSFTTrainer(model=loaded.model, args=args,
                                 train_dataset=train, eval_dataset=evals, processing_class=loaded.tokenizer,
                                 callbacks=[metrics_callback(run), *evaluation_callbacks(run, self.options, evals is not None)], data_collator=packed.collator if packed else None)
-        resume_from = latest_checkpoint(run.checkpoints_dir) if run.resume else None
-        if run.resume:
-            run.logger.info("resuming from %s", resume_from or "the start (no checkpoint found)")
-            keep_metrics_until(run, checkpoint_step(resume_from) if resume_from else 0)
+        from .supervision import supervised_training  # checkpoints, resume, progress, NaN/OOM/disk-full guards
+
         started = time.perf_counter()
-        resume = {"resume_from_checkpoint": str(resume_from)} if resume_from else {}
+        train_call = trainer.train
         if on_unsloth:
             from unsloth import unsloth_train
 
             fast = loaded.extras.get("unsloth")
             if fast is not None:  # generation before training (samples reporter) may have left it in inference mode
                 fast.for_training(loaded.model)
-            out = unsloth_train(trainer, **resume)
-        else:
-            out = trainer.train(**resume)
+            train_call = lambda **resume: unsloth_train(trainer, **resume)  # noqa: E731
+        out = supervised_training(run, loaded, trainer, self.options, precision_flags(self.options.precision), train_call)
         runtime = time.perf_counter() - started
         losses = [(int(m["step"]), m["loss"]) for m in run.read_metrics() if "loss" in m]
         if getattr(loaded.model, "config", None) is not None:
