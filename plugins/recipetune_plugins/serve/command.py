@@ -99,7 +99,8 @@ def serve(model: str, gguf_type: str | None, host: str, port: int, api_key_env: 
     shown_host = f"[{host}]" if ":" in host else host
 
     def started() -> None:
-        click.echo(f"recipe serve: {served.alias} ({served.quantization}, context {ctx}, {config.threads} threads)"
+        click.echo(f"recipe serve: {served.alias} ({served.quantization}, context {ctx}, "
+                   f"{config.threads} thread{'s' if config.threads != 1 else ''})"
                    f"{' · API key required' if api_key else ''}", err=True)
         click.echo(f"recipe serve: listening on http://{shown_host}:{bound_port}  (chat page: /, OpenAI API: /v1)",
                    err=True)
