@@ -57,8 +57,11 @@ def resolve_model(ref: str, gguf_type: str | None = None) -> ModelRef:
             return _pick(ggufs, gguf_type, ref) if ggufs else ModelRef("hf", merged[0])
         if adapters and not gguf_type:
             return ModelRef("adapter", adapters[0])
-        raise UserError(f"{ref}: this run folder has no gguf, merged or lora artifact"
-                        + (f" (a GGUF file is written from its adapter by: recipe export {ref} --to gguf)" if adapters else ""))
+        if adapters:
+            raise UserError(f"{ref}: this run folder has no {gguf_type} GGUF file; write it from the run's adapter with: "
+                            f"recipe export {ref} --to gguf -q {gguf_type}")
+        raise UserError(f"{ref}: this run folder has no gguf, merged or lora artifact; add [[export]] use = \"gguf\" "
+                        "(or \"lora\") to the recipe")
     if is_adapter_folder(path):
         return ModelRef("adapter", path)
     ggufs = sorted(path.glob("*.gguf"))
