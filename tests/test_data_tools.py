@@ -279,3 +279,10 @@ def test_per_turn_train_and_weight_flags_decide_which_answers_are_trained(tmp_pa
     off = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "train": False}]}
     ds2, _ = build(tmp_path, tokenizer_dir, [row, off])
     assert len(ds2.train) == 1 and ds2.stats["dropped_no_trained_tokens"] == 1
+
+
+def test_drop_empty_keeps_assistant_turns_that_only_call_tools(tmp_path, tokenizer_dir):
+    empty = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}
+    ds, _ = build(tmp_path, tokenizer_dir, [ROWS["one_call"], empty],
+                  extra='[[format.ops]]\nop = "drop_empty"')
+    assert len(ds.train) == 1 and ds.stats["dropped_empty"] == 1 and "get_weather" in ds.train[0]["text"]

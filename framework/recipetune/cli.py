@@ -79,14 +79,31 @@ def plan_lines(recipe) -> list[str]:
     lines = [f"recipe {recipe.name} (seed {recipe.seed})"]
     for section in recipe.sections():
         opts = section.options.model_dump(mode="json", exclude_defaults=True)
-        shown = ", ".join(f"{k}={v}" for k, v in opts.items())
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in opts.items())
         lines.append(f"  {section.path:<22} {section.use:<12} {shown}")
         lines += [f"  {'':<22} - {line}" for line in section.component.describe_plan(recipe)]
-    if recipe.format is not None:
+    if recipe.format is not None and recipe.format.datasets:  # a mixture
+        fmt = recipe.format
+        for i, member in enumerate(fmt.datasets):
+            share = (f", weight {member.weight:g}" if member.weight is not None else "") + (
+                f", rows {member.rows}" if member.rows is not None else "")
+            lines.append(f"  {f'format.datasets[{i}]':<22} {member.dataset} (split {member.split}{share})")
+        lines.append(f"  {'format.mix':<22} {fmt.mix}" + (f", {fmt.mix_rows} rows" if fmt.mix_rows else "")
+                     + f" (loss on {fmt.train_on} tokens)")
+    elif recipe.format is not None:
         fmt = recipe.format
         lines.append(f"  {'format.dataset':<22} {fmt.dataset} (split {fmt.split}"
                      + (f", limit {fmt.limit}" if fmt.limit else "") + f", loss on {fmt.train_on} tokens)")
     return lines
+
+
+def _short(value) -> str:
+    """An option's value on one line: a long text (a chat template written in the recipe) by its first line."""
+    text = str(value)
+    if "\n" in text.strip() or len(text) > 80:
+        first = text.strip().splitlines()[0]
+        return f"{first[:40]}... ({len(text.strip().splitlines())} lines)"
+    return text
 
 
 class RecipeGroup(click.Group):

@@ -24,7 +24,7 @@ from .samples import SampleTable
 if TYPE_CHECKING:  # pragma: no cover
     from ..recipe.model import Recipe
 
-VERSION = 3
+VERSION = 4
 """Bump when the way samples are built changes: old cache files are then ignored."""
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
 

@@ -74,6 +74,7 @@ class ReadSource:
     read: int
     parts: dict[str, list[Record]]
     dropped: dict[str, int] = field(default_factory=dict)
+    mixed: int = 0  # rows it gave the mixture (repeats counted), before the format table's operations
 
 
 def dataset_label(dataset: str) -> str:
@@ -234,6 +235,8 @@ def gather(recipe: "Recipe", limit: int | None, dropped: dict[str, int], example
         parts = reads[0].parts
         return reads, parts, {name: [0] * len(records) for name, records in parts.items()}
     train, owners = mix(reads, fmt.mix, recipe.seed, fmt.mix_rows)
+    for k, r in enumerate(reads):
+        r.mixed = owners.count(k)
     parts = {"train": train}
     members = {"train": owners}
     for name in ("validation", "test"):
@@ -250,7 +253,7 @@ def gather(recipe: "Recipe", limit: int | None, dropped: dict[str, int], example
     return reads, parts, members
 
 
-def member_stats(reads: list[ReadSource], tables: dict[str, Any], mixed: list[int]) -> list[dict[str, Any]]:
+def member_stats(reads: list[ReadSource], tables: dict[str, Any]) -> list[dict[str, Any]]:
     """Each member's share: rows read, rows after its operations, rows in the mixture, and of the samples trained
     on, how many came from it and how many of their tokens are trained (with the shares of the whole)."""
     import numpy as np
@@ -269,7 +272,7 @@ def member_stats(reads: list[ReadSource], tables: dict[str, Any], mixed: list[in
         out.append({
             "name": r.source.name, "dataset": r.source.dataset, "standardizer": r.chosen.name,
             "weight": r.source.weight, "rows": r.source.rows,
-            "read": r.read, "after_ops": len(r.parts["train"]), "mixed": mixed.count(k),
+            "read": r.read, "after_ops": len(r.parts["train"]), "mixed": r.mixed,
             "samples": int(mine.sum()), "validation": held.get("validation", 0), "test": held.get("test", 0),
             "tokens": int(lengths[mine].sum()), "trained_tokens": trained,
             "share_samples": round(int(mine.sum()) / all_samples, 4),

@@ -183,10 +183,11 @@ def _filter(records: list[Record], op: Op, seed: int) -> tuple[list[Record], str
 
 
 def is_empty(messages: list[dict[str, str]]) -> bool:
-    """No assistant turn with text, or a turn with no text at all."""
+    """No assistant turn with text, or a turn with no text at all (an assistant turn that calls tools is not empty)."""
     if not messages:
         return True
-    if any(not str(m.get("content") or "").strip() for m in messages if m.get("role") != "system"):
+    if any(not str(m.get("content") or "").strip() for m in messages
+           if m.get("role") != "system" and not m.get("tool_calls")):
         return True
     return not any(m["role"] in ("assistant", "text") for m in messages)
 

@@ -19,7 +19,7 @@ import numpy as np
 from ..components import ChatTemplate, FormattedDataset
 from ..problems import NoChatTemplate, UserError
 from .encode import EncodeSettings, WithTools, encode_conversations, encode_one
-from .mixture import gather, member_stats
+from .mixture import describe_members, gather, member_stats
 from .ops import Record, describe_row
 from .new_tokens import apply_choice as apply_new_tokens_choice
 from .samples import IGNORE, SampleTable
@@ -197,7 +197,7 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
                    dropped=dropped, truncated=encoded.truncated, max_len=max_len)
     if fmt.datasets:
         stats["mix"] = fmt.mix
-        stats["datasets"] = member_stats(reads, tables, members["train"])
+        stats["datasets"] = member_stats(reads, tables)
     if new_tokens:
         stats["new_tokens"] = new_tokens
     stats["empty_answers"] = len(empty_answers)
@@ -300,6 +300,8 @@ def format_for_training(run: "Run", loaded) -> FormattedDataset:
                     "dropped: %s; truncated %d; cache %s, %.1f s",
                     stats["samples"], stats["tokens"], stats["trained_tokens"], stats["validation"], stats["test"],
                     stats["read"], stats["standardizer"], dropped, stats["truncated"], stats["cache"], stats["seconds"])
+    for line in describe_members(stats.get("datasets") or []):
+        run.logger.info("format: dataset %s", line)
     warning = check_stop_token(stats, run.recipe.format.train_on)
     if warning:
         run.logger.warning("%s", warning)
