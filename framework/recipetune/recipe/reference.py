@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from ..components import KIND_LABELS
 from ..registry import Registry
-from .model import FormatTable, RecipeHeader
+from .model import DatasetMember, FormatTable, RecipeHeader
 
 SECTIONS = [
     ("backend", "[load]", "Stage 1: load the model and tokenizer."),
@@ -60,7 +60,8 @@ def reference_markdown(registry: Registry) -> str:
              "Generated from the installed components' options (`recipe schema --markdown`); "
              "`recipe schema` prints the same as JSON schema. Unknown keys are errors everywhere.", "",
              "## Top level", "", *options_table(RecipeHeader), "",
-             "## [format]", "", FormatTable.__doc__.strip(), "", *options_table(FormatTable), ""]
+             "## [format]", "", FormatTable.__doc__.strip(), "", *options_table(FormatTable), "",
+             "### [[format.datasets]]", "", DatasetMember.__doc__.strip(), "", *options_table(DatasetMember), ""]
     for kind, title, intro in SECTIONS:
         lines += [f"## {title}", "", intro, ""]
         for entry in registry.entries(kind):
