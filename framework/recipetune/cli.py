@@ -148,8 +148,12 @@ def validate(recipe_path: str, overrides: tuple[str, ...], as_json: bool) -> Non
               "even if the recipe changed or the run finished (a run folder of the same recipe resumes without it).")
 @click.option("--fresh", is_flag=True, help="Start over in --output-dir: remove the earlier run it holds.")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks.")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), help="Processes (GPUs) on this machine: starts them through torch.distributed.run (docs/distributed.md).")
+@click.option("--nnodes", type=click.IntRange(min=1), help="Machines in the job (with --rdzv-endpoint).")
+@click.option("--node-rank", type=click.IntRange(min=0), help="This machine's rank among --nnodes (0 hosts the rendezvous).")
+@click.option("--rdzv-endpoint", metavar="HOST:PORT", help="Where the machines of a job meet (node 0's address).")
 def run(recipe_path: str, overrides: tuple[str, ...], output_dir: str | None, resume: bool, fresh: bool,
-        debug: bool) -> None:
+        debug: bool, **launch) -> None:
     """Run RECIPE: load, adapt, format, train, report, export.
 
     OVERRIDES are KEY=VALUE pairs such as train.max_steps=10 or load.load_in_4bit=false.
@@ -168,12 +172,18 @@ def run(recipe_path: str, overrides: tuple[str, ...], output_dir: str | None, re
     if resume and not output_dir and recipe.header.output_dir is None:
         click.echo("error: --resume needs --output-dir (or output_dir in the recipe): the run folder to continue", err=True)
         sys.exit(EXIT_PROBLEMS)
+    from . import distributed
+
+    if distributed.wants_launch(recipe, launch):  # several processes: torch.distributed.run starts them
+        sys.exit(distributed.launch_from_cli(recipe, click.get_current_context(), launch))
+    output_dir = distributed.join_job(recipe, output_dir)  # a worker of a job: its group, rank 0's run folder
     _log_to_stderr()
+    distributed.quiet_other_ranks()
     from .runner import execute, prepare_run
 
-    run_ = prepare_run(recipe, pm, Path(output_dir) if output_dir else None, resume=resume, fresh=fresh)
-    click.echo(f"run folder: {run_.output_dir}", err=True)
-    for line in plan_lines(recipe):
+    with distributed.main_first():  # rank 0 opens (or starts over) the run folder before the others read it
+        run_ = prepare_run(recipe, pm, Path(output_dir) if output_dir else None, resume=resume, fresh=fresh)
+    for line in ([f"run folder: {run_.output_dir}", *plan_lines(recipe)] if run_.is_main else ()):
         click.echo(line, err=True)
     try:
         execute(run_)
@@ -187,11 +197,13 @@ def run(recipe_path: str, overrides: tuple[str, ...], output_dir: str | None, re
             click.echo(f"error: {exc.stage} ({who}): {cause}", err=True)
         else:
             click.echo(f"error: {exc}", err=True)
-        click.echo(f"(traceback in {run_.output_dir / 'run.log'}; rerun with --debug to show it)", err=True)
+        click.echo(f"(traceback in {run_.log_path}; rerun with --debug to show it)", err=True)
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt as exc:
         click.echo("\n" + interrupted_message(exc, recipe_path, overrides, run_.output_dir), err=True)
         sys.exit(130)
+    if not run_.is_main:  # rank 0 wrote the report and the artifacts
+        return
     click.echo(f"report: {run_.output_dir / 'report.md'}")
     for a in run_.artifacts:
         click.echo(f"{a.kind}: {a.path}")
@@ -214,7 +226,7 @@ def interrupted_message(exc: BaseException, recipe_path: str, overrides: tuple[s
 
 
 def _write_traceback(run_, exc: BaseException) -> None:
-    with (run_.output_dir / "run.log").open("a", encoding="utf-8") as fh:
+    with run_.log_path.open("a", encoding="utf-8") as fh:
         fh.write("".join(traceback.format_exception(exc)))
 
 

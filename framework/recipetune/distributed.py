@@ -260,10 +260,10 @@ def launch_problems(recipe: Any, request: LaunchRequest, flag: bool) -> list[Any
     problems = []
     gpus = cuda_device_count()
     if gpus and request.nproc_per_node > gpus:
-        where = "--nproc-per-node" if flag else "distributed.nproc_per_node"
+        where = f"--nproc-per-node {request.nproc_per_node}: " if flag else ""
         problems.append(Problem("" if flag else "distributed.nproc_per_node",
-                                f"{where} = {request.nproc_per_node} starts more processes than this machine has GPUs "
-                                f"({gpus}); use at most {gpus}"))
+                                f"{where}{request.nproc_per_node} processes per node is more than the {gpus} GPU(s) this "
+                                f"machine has; use at most {gpus}"))
     if not gpus and table.strategy == "fsdp" and request.world_size > 1:
         problems.append(Problem("distributed.strategy", 'strategy "fsdp" shards on GPUs; on CPUs Accelerate trains '
                                 "as ddp (every process holds the whole model)", severity="warning"))

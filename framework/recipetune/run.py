@@ -58,6 +58,11 @@ class Run:
         return self.output_dir / "checkpoints"
 
     @property
+    def log_path(self) -> Path:
+        """``run.log``; with several processes, ranks other than 0 log to ``run.rank<N>.log``."""
+        return self.output_dir / ("run.log" if self.is_main else f"run.rank{self.rank}.log")
+
+    @property
     def metrics_path(self) -> Path:
         return self.output_dir / "metrics.jsonl"
 
@@ -65,11 +70,33 @@ class Run:
     def registry(self):
         return self.pm.registry
 
+    @property
+    def rank(self) -> int:
+        """This process's rank in a job of several (``docs/distributed.md``); 0 for one process."""
+        from . import distributed
+
+        return distributed.rank()
+
+    @property
+    def world_size(self) -> int:
+        """Processes training this run together (1 for one process)."""
+        from . import distributed
+
+        return distributed.world_size()
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run folder: metrics, report, artifacts (rank 0 only)."""
+        return self.rank == 0
+
     def section(self, stage: str) -> "Section | None":
         return getattr(self.recipe, stage)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        """Append one line to ``metrics.jsonl`` and tell observers (``on_metrics``)."""
+        """Append one line to ``metrics.jsonl`` and tell observers (``on_metrics``); rank 0 only (every rank
+        logs the same, already averaged, values)."""
+        if not self.is_main:
+            return
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         line = json.dumps({"step": int(step), "time": round(time.time(), 3), **clean})
         with self.metrics_path.open("a", encoding="utf-8") as fh:

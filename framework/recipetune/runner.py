@@ -83,6 +83,7 @@ def resolved_document(run: Run) -> dict[str, Any]:
                        for s in recipe.sections()},
         "libraries": library_versions(),
         "hardware": hardware(),
+        **({"distributed": run.state["distributed"]} if run.state.get("distributed") else {}),
     }
 
 
@@ -101,11 +102,13 @@ def prepare_run(recipe: Recipe, pm, output_dir: Path | None = None, resume: bool
     opening = open_run_folder(out, recipe.resolved(), mode) if distributed.rank() == 0 else opening_of_other_rank(out, mode)
     out.mkdir(parents=True, exist_ok=True)
     run = Run(recipe=recipe, pm=pm, output_dir=out.resolve(), resume=opening.resume, resume_from=opening.resume_from)
-    run.artifacts_dir.mkdir(exist_ok=True)
     _attach_log_file(run)
+    if not run.is_main:  # several processes: only rank 0 writes the run folder (each rank keeps its own log)
+        return run
     for note in opening.notes:
         run.logger.info("%s", note)
     run.state["run_folder_notes"] = opening.notes
+    run.artifacts_dir.mkdir(exist_ok=True)
     atomic.write_text(run.output_dir / "recipe.toml", _recipe_as_given(recipe))
     return run
 
@@ -118,7 +121,7 @@ def _recipe_as_given(recipe: Recipe) -> str:
 
 
 def _attach_log_file(run: Run) -> None:
-    handler = logging.FileHandler(run.output_dir / "run.log", encoding="utf-8")
+    handler = logging.FileHandler(run.log_path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     run.logger.addHandler(handler)
     run.logger.setLevel(logging.INFO)
@@ -147,12 +150,18 @@ def execute(run: Run) -> Run:
     """Call load, adapt, format, train, report, export in order, with lifecycle hooks."""
     hook = run.pm.hook
     seed_everything(run.recipe.seed)
-    run.write_json("resolved.json", resolved_document(run))
+    from . import distributed
+
+    run.state["distributed"] = distributed.describe_job(run.recipe)  # every rank: it gathers their hardware
+    if run.is_main:
+        run.write_json("resolved.json", resolved_document(run))
     values: dict[str, Any] = {}
     try:
         for stage in STAGES:
             if (stage == "train" and run.recipe.train is None) or (stage == "format" and run.recipe.format is None):
                 continue  # an export-only recipe: load (and adapt), then export
+            if stage in ("report", "export") and not run.is_main:
+                continue  # the other ranks trained beside rank 0; it alone writes the report and artifacts
             hook.before_stage_run(run=run, stage=stage)
             started = time.perf_counter()
             run.logger.info("stage %s: started", stage)
@@ -167,6 +176,8 @@ def execute(run: Run) -> Run:
             run.logger.info("stage %s: done in %.1f s", stage, run.timings[stage])
             hook.after_stage_run(run=run, stage=stage, result=values[stage])
         # The report is rewritten after export so it lists the artifacts and their checks.
+        if not run.is_main:
+            return run
         hook.write_report(run=run, result=values.get("train"))
         run.write_json("resolved.json", {**resolved_document(run), "timings": run.timings,
                                           "artifacts": [{"kind": a.kind, "path": str(a.path), **a.details} for a in run.artifacts],

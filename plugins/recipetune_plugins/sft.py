@@ -12,9 +12,10 @@ from pydantic import Field, field_validator
 
 from recipetune import Options, Problem, Trainer, TrainResult, UserError, hookimpl
 
+from .distributed import accumulation_steps, trainer_arguments
 from .evaluation import EvaluationOptions, evaluation_arguments, evaluation_callbacks, evaluation_problems
-from .supervision import trainer_arguments as supervision_arguments
 from .evaluation import after_stage_run  # noqa: F401  (a hook: exported weights say whether they are the best or the last)
+from .supervision import trainer_arguments as supervision_arguments
 
 
 class SFTOptions(EvaluationOptions):
@@ -22,6 +23,9 @@ class SFTOptions(EvaluationOptions):
     """Samples per device per forward pass."""
     gradient_accumulation_steps: int = Field(default=4, ge=1)
     """Forward passes per optimizer step (effective batch = batch size x this); the loss is normalised over all label tokens of the accumulated batch."""
+    global_batch_size: int | None = Field(default=None, ge=1)
+    """Samples per optimizer step over all processes: the accumulation becomes global_batch_size / (batch size x
+    processes), so the effective batch stays the same when the number of GPUs changes (docs/distributed.md)."""
     warmup_steps: int = Field(default=5, ge=0)
     """Steps of linear learning-rate warm-up."""
     max_steps: int = Field(default=-1, ge=-1)
@@ -205,8 +209,9 @@ class SFTTrainer(Trainer):
     def describe_plan(self, recipe):
         o = self.options
         steps = f"{o.max_steps} steps" if o.max_steps > 0 else f"{o.num_train_epochs} epochs"
-        return [f"{steps}, batch {o.per_device_train_batch_size} x {o.gradient_accumulation_steps} accumulation, "
-                f"lr {o.learning_rate} ({o.lr_scheduler_type}), {o.optim}"]
+        batch = (f"global batch {o.global_batch_size} ({o.per_device_train_batch_size} per device)" if o.global_batch_size
+                 else f"batch {o.per_device_train_batch_size} x {o.gradient_accumulation_steps} accumulation")
+        return [f"{steps}, {batch}, lr {o.learning_rate} ({o.lr_scheduler_type}), {o.optim}"]
 
     def config(self, run, loaded, has_eval: bool, padding_free: bool | None = None):
         from trl import SFTConfig
@@ -219,7 +224,7 @@ class SFTTrainer(Trainer):
             output_dir=str(run.checkpoints_dir),
             per_device_train_batch_size=o.per_device_train_batch_size,
             per_device_eval_batch_size=o.per_device_train_batch_size,
-            gradient_accumulation_steps=o.gradient_accumulation_steps,
+            gradient_accumulation_steps=accumulation_steps(run, o),
             warmup_steps=o.warmup_steps, max_steps=o.max_steps, num_train_epochs=o.num_train_epochs,
             learning_rate=o.learning_rate, optim=o.optim, weight_decay=o.weight_decay,
             lr_scheduler_type=o.lr_scheduler_type, max_grad_norm=o.max_grad_norm,
@@ -234,6 +239,7 @@ class SFTTrainer(Trainer):
             max_length=max(filter(None, [loaded.max_seq_length, run.state.get("format_stats", {}).get("max_seq_length")])),
             packing=False,  # packing.py packs the rows itself (train())
             report_to="none", use_cpu=not torch.cuda.is_available(), **precision_flags(o.precision), **extra,
+            **trainer_arguments(run, loaded),  # several processes: ddp / fsdp / deepspeed (distributed.py)
         )
 
     def train(self, run, loaded, dataset) -> TrainResult:
@@ -269,6 +275,7 @@ class SFTTrainer(Trainer):
         trainer = TRLSFTTrainer(model=loaded.model, args=args,
                                 train_dataset=train, eval_dataset=evals, processing_class=loaded.tokenizer,
                                 callbacks=[metrics_callback(run), *evaluation_callbacks(run, self.options, evals is not None)], data_collator=packed.collator if packed else None)
+        run.state["hf_trainer"] = trainer  # distributed.py gathers an FSDP model through its Accelerator
         from .supervision import supervised_training  # checkpoints, resume, progress, NaN/OOM/disk-full guards
 
         started = time.perf_counter()

@@ -293,7 +293,9 @@ def check_empty_answers(stats: dict[str, Any]) -> str | None:
 
 
 def format_for_training(run: "Run", loaded) -> FormattedDataset:
-    dataset = build_dataset(run.recipe, loaded.tokenizer, loaded.model, loaded.max_seq_length)
+    # several processes: rank 0 formats and fills the cache, the others read it (docs/distributed.md)
+    dataset = build_dataset(run.recipe, loaded.tokenizer, loaded.model, loaded.max_seq_length,
+                            use_cache=True if run.world_size > 1 else None)
     stats = dataset.stats
     dropped = ", ".join(f"{k[len('dropped_'):]} {v}" for k, v in stats.items() if k.startswith("dropped_")) or "none"
     run.logger.info("format: %d samples (%d tokens, %d trained; %d validation, %d test) from %d rows as %s; "

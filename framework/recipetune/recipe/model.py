@@ -18,6 +18,32 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..registry import Entry
 
 
+class DistributedTable(BaseModel):
+    """``[distributed]``: how one run spreads over several processes / GPUs (``docs/distributed.md``).
+
+    ``recipe run RECIPE --nproc-per-node N`` (or ``nproc_per_node`` here) starts the processes through
+    ``torch.distributed.run``; ``torchrun -m recipetune run`` and ``accelerate launch -m recipetune run`` work too.
+    One process ignores this table.
+    """
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, strict=True)
+
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    """``ddp``: every GPU holds the whole model and a share of each batch; ``fsdp``: FSDP2 shards weights, gradients
+    and optimizer state per decoder layer (QLoRA: 4-bit weights stored in the compute dtype so they shard);
+    ``deepspeed``: ZeRO through Accelerate (needs the deepspeed package)."""
+    nproc_per_node: int | None = Field(default=None, ge=1)
+    """Processes to start on this machine (one per GPU) when ``recipe run`` launches; ``--nproc-per-node`` wins."""
+    zero_stage: Literal[2, 3] = 2
+    """DeepSpeed ZeRO stage: 2 shards gradients and optimizer state, 3 the weights too."""
+    cpu_offload: bool = False
+    """Keep sharded parameters (fsdp) or optimizer state (deepspeed) in CPU memory: slower, fits larger models."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Communication backend: ``auto`` is NCCL on GPUs and gloo on CPUs."""
+    timeout_minutes: int = Field(default=30, ge=1)
+    """How long a rank waits for the others in one collective (rank 0 formatting the data included) before failing."""
+
+
 class RecipeHeader(BaseModel):
     """The top-level keys of a recipe (besides the stage tables)."""
 
@@ -31,6 +57,8 @@ class RecipeHeader(BaseModel):
     """Seed for Python, NumPy and torch; a CPU run with the same seed repeats exactly."""
     output_dir: RecipePath | None = None
     """Run folder (relative to the recipe file). Default: ``runs/<name>/<timestamp>`` under the working directory."""
+    distributed: DistributedTable = Field(default_factory=DistributedTable)
+    """``[distributed]``: several processes / GPUs (see below)."""
     sweep: SweepTable | None = None
     """``[sweep]``: the grid of runs ``recipe sweep`` makes of this recipe; ``recipe run`` ignores it (see below)."""
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from typing import Any
@@ -14,7 +15,7 @@ from pydantic import BaseModel
 
 from ..components import KIND_LABELS
 from ..registry import Registry
-from .model import DatasetMember, FormatTable, RecipeHeader
+from .model import DatasetMember, DistributedTable, FormatTable, RecipeHeader
 
 SECTIONS = [
     ("backend", "[load]", "Stage 1: load the model and tokenizer."),
@@ -61,7 +62,8 @@ def reference_markdown(registry: Registry) -> str:
              "`recipe schema` prints the same as JSON schema. Unknown keys are errors everywhere.", "",
              "## Top level", "", *options_table(RecipeHeader), "",
              "## [format]", "", FormatTable.__doc__.strip(), "", *options_table(FormatTable), "",
-             "### [[format.datasets]]", "", DatasetMember.__doc__.strip(), "", *options_table(DatasetMember), ""]
+             "### [[format.datasets]]", "", DatasetMember.__doc__.strip(), "", *options_table(DatasetMember), "",
+             "## [distributed]", "", inspect.cleandoc(DistributedTable.__doc__), "", *options_table(DistributedTable), ""]
     for kind, title, intro in SECTIONS:
         lines += [f"## {title}", "", intro, ""]
         for entry in registry.entries(kind):

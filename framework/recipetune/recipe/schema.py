@@ -6,7 +6,7 @@ from typing import Any
 
 from ..components import KIND_LABELS
 from ..registry import Registry
-from .model import FormatTable, RecipeHeader
+from .model import DistributedTable, FormatTable, RecipeHeader
 
 
 def _component_schema(registry: Registry, kind: str) -> dict[str, Any]:
@@ -36,6 +36,7 @@ def recipe_schema(registry: Registry) -> dict[str, Any]:
     props["load"] = _component_schema(registry, "backend")
     props["adapt"] = _component_schema(registry, "adapter")
     props["format"] = fmt
+    props["distributed"] = DistributedTable.model_json_schema()
     props["train"] = _component_schema(registry, "trainer")
     props["report"] = {"type": "array", "items": _component_schema(registry, "reporter")}
     props["export"] = {"type": "array", "items": _component_schema(registry, "exporter")}
