@@ -225,3 +225,29 @@ def test_recipe_data_shows_each_datasets_share(tmp_path, tokenizer_dir):
     assert "datasets (mix weighted):" in result.stdout
     assert re.search(r"a: 20 samples \(66\.7%\), \d+ trained tokens \(\d+\.\d%\); read 40, 40 after its ops, 20 in the "
                      r"mixture \(weight 4\)", result.stdout), result.stdout
+
+
+@pytest.mark.slow
+def test_a_run_trains_on_a_mixture_and_reports_each_datasets_share(tmp_path, tiny_model_dir):
+    """A real run of the tiny model (2 optimizer steps on a CPU): the log and report.md show each dataset's share."""
+    from recipetune.plugins import get_plugin_manager
+    from recipetune.runner import execute, prepare_run
+    from recipetune.testing import tiny_recipe_text
+
+    write_members(tmp_path)
+    members = MEMBERS.format(a="weight = 2", b="weight = 1", c='weight = 1\nvalidation_split = "validation"')
+    text = tiny_recipe_text(tiny_model_dir, tmp_path / "a.jsonl").replace(f'dataset = "{tmp_path / "a.jsonl"}"\n', "")
+    text = text.replace('chat_template = "tokenizer"\n', 'chat_template = "tokenizer"\nmix = "weighted"\nmix_rows = 16\n'
+                        + members).replace("max_steps = 3", "max_steps = 2")
+    pm = get_plugin_manager()
+    from recipetune import load_recipe_text
+
+    run = execute(prepare_run(load_recipe_text(text, recipe_dir=tmp_path, pm=pm), pm, tmp_path / "run"))
+    stats = run.state["format_stats"]
+    assert [m["samples"] for m in stats["datasets"]] == [8, 4, 4] and stats["validation"] == 3
+    report = (run.output_dir / "report.md").read_text()
+    assert "| data | 3 datasets mixed by weighted (template tokenizer) |" in report
+    assert "| dataset | read | after its ops | in the mixture | samples | share | trained tokens | share |" in report
+    assert re.search(r"\| a \| 40 \| 40 \| 8 \| 8 \| 50\.0% \| \d+ \| \d+\.\d% \|", report), report
+    log = (run.output_dir / "run.log").read_text()
+    assert "format: dataset b: 4 samples (25.0%)" in log
