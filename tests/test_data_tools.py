@@ -286,3 +286,24 @@ def test_drop_empty_keeps_assistant_turns_that_only_call_tools(tmp_path, tokeniz
     ds, _ = build(tmp_path, tokenizer_dir, [ROWS["one_call"], empty],
                   extra='[[format.ops]]\nop = "drop_empty"')
     assert len(ds.train) == 1 and ds.stats["dropped_empty"] == 1 and "get_weather" in ds.train[0]["text"]
+
+
+def test_llama_factory_sharegpt_tool_format_reads_as_the_openai_one():
+    """LLaMA-Factory's ShareGPT tool rows (function_call / observation turns, tools as JSON text) become the same
+    conversation as the OpenAI-format row, so they render the same."""
+    from recipetune_plugins.standardizers import ShareGPT
+
+    row = {"tools": json.dumps([WEATHER]), "conversations": [
+        {"from": "human", "value": "Is it raining in Lyon?"},
+        {"from": "function_call", "value": json.dumps({"name": "get_weather", "arguments": {"city": "Lyon", "unit": "celsius"}})},
+        {"from": "observation", "value": "{\"rain\": true, \"temp\": 11}"},
+        {"from": "gpt", "value": "Yes, it is raining in Lyon (11 °C)."}]}
+    fmt = ShareGPT()
+    messages, tools = fmt.standardize(row), fmt.tools_of(row)
+    openai, openai_tools = standardized(ROWS["one_call"])
+    for m in openai:
+        m.get("tool_calls", [{}])[0].pop("id", None)
+        m.pop("tool_call_id", None)
+    assert messages == openai and tools == openai_tools
+    for name in ("llama-3.1", "qwen-2.5"):
+        assert ours(name, messages, tools) == official_render(name, messages, **VARIABLES[name], tools=tools)

@@ -34,6 +34,9 @@ ROLE_NAMES = {
 TEXT_ROLE = "text"
 """A conversation ``[{"role": "text", "content": ...}]`` is raw text: the pipeline renders no template for it."""
 
+FUNCTION_CALL_ROLE = "function_call"
+"""LLaMA-Factory's ShareGPT speaker for an assistant turn that calls tools (its value: the call as JSON)."""
+
 TRAIN_KEYS = ("train", "training", "weight")
 """Per-turn keys that decide whether an assistant turn is trained (Axolotl's ``training`` / ``weight``)."""
 
@@ -112,7 +115,13 @@ def _turns(turns: Any, role_key: str, content_key: str, roles: dict[str, str]) -
         role = roles.get(str(raw_role).lower()) if raw_role is not None else None
         content = turn.get(content_key)
         message: dict[str, Any] = {"role": role, "content": content}
-        if role == "assistant" and turn.get("tool_calls"):
+        if str(raw_role).lower() == FUNCTION_CALL_ROLE:  # LLaMA-Factory: the call as JSON text in the turn's value
+            value = _json_value(content)
+            calls = tool_calls([value] if isinstance(value, dict) else value)
+            if calls is None:
+                return None
+            message = {"role": "assistant", "content": "", "tool_calls": calls}
+        elif role == "assistant" and turn.get("tool_calls"):
             calls = tool_calls(turn["tool_calls"])
             if calls is None or content is not None and not isinstance(content, str):
                 return None
@@ -145,10 +154,14 @@ class ShareGPTOptions(Options):
     """Key of a turn's text (``content`` is read too when this key is missing)."""
     roles: RoleMap = {}
     """Extra speaker names: ``{ bot = "assistant", customer = "user" }`` (human/gpt/system are known)."""
+    tools: str = "tools"
+    """Column of the tools the conversation may call (function schemas, or their JSON text), passed to the chat
+    template as ``tools`` (LLaMA-Factory's ShareGPT tool format: ``function_call`` and ``observation`` turns)."""
 
 
 class ShareGPT(DatasetFormat):
-    """ShareGPT rows: turns with ``from``/``value`` (human, gpt, system) or ``role``/``content``; system turns kept."""
+    """ShareGPT rows: turns with ``from``/``value`` (human, gpt, system) or ``role``/``content``; system turns kept;
+    LLaMA-Factory's ``function_call`` turns (a JSON call) become assistant tool calls, ``observation`` tool results."""
 
     name = "sharegpt"
     Options = ShareGPTOptions
@@ -164,9 +177,16 @@ class ShareGPT(DatasetFormat):
     def standardize(self, row: dict[str, Any]) -> list[dict[str, str]] | None:
         turns = row.get(self.options.column)
         o = self.options
+        if tools_column(row.get(o.tools)) is _BAD:
+            return None
         if isinstance(turns, list) and turns and isinstance(turns[0], dict) and o.role_key not in turns[0]:
             return _turns(turns, "role", "content", self._roles())
         return _turns(turns, o.role_key, o.content_key, self._roles())
+
+    def tools_of(self, row: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The tools of a row (rendered by templates that support them)."""
+        tools = tools_column(row.get(self.options.tools))
+        return None if tools is _BAD else tools  # type: ignore[return-value]
 
 
 class MessagesOptions(Options):
