@@ -94,6 +94,12 @@ def test_a_lora_only_run_is_chatted_with_then_exported_without_training(lora_run
     # the adapter merged in memory answers exactly as the merged folder the export wrote
     by_merged = _recipe("generate", str(run.artifacts_dir / "merged"), *prompt)
     assert by_merged.stdout == by_adapter.stdout
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (run.artifacts_dir / "lora", run.artifacts_dir / "merged"):  # artifacts follow the umask (item 8)
+        assert path.stat().st_mode & 0o777 == 0o777 & ~mask, path
+        for file in path.glob("*.safetensors"):
+            assert file.stat().st_mode & 0o777 == 0o666 & ~mask, file
     modelfile = (run.artifacts_dir / "gguf" / "Modelfile").read_text()
     assert "PARAMETER num_ctx 512" in modelfile  # a chat's context (the tiny model's 512 positions), not the trained 128
 
