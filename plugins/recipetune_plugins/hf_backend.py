@@ -10,8 +10,8 @@ from pydantic import Field, model_validator
 
 from recipetune import Backend, Loaded, Options, PathOrHubId, Problem, UserError, hookimpl
 
-from .memory_estimate import estimate, read_config
-from .model_sources import gguf_cache_dir, hf_folder_from_gguf, local_model_path
+from .memory_estimate import fit_problem, recipe_estimate
+from .model_sources import hf_folder_from_gguf, local_model_path
 from .precision import resolve_dtype
 
 
@@ -118,40 +118,21 @@ class HFBackend(Backend):
         est = self.estimate(recipe)
         if est is not None:
             available, where = _available_memory_gib()
-            if est.total_gib > 0.9 * available:
-                yield Problem("load.model", f"this run may not fit: {est.describe()}, and {where} has {available:.1f} GiB; "
-                              "lower train.per_device_train_batch_size or load.max_seq_length, turn on "
-                              "adapt.gradient_checkpointing, or load_in_4bit on a GPU", severity="warning")
+            problem = fit_problem(est, available, where)
+            if problem is not None:
+                yield problem
 
     def describe_plan(self, recipe):
         o = self.options
         quant = "4-bit nf4" if o.load_in_4bit else "8-bit" if o.load_in_8bit else "full precision"
         lines = [f"{quant}, dtype {o.dtype}, max_seq_length {o.max_seq_length}"]
         est = self.estimate(recipe)
-        lines.append(est.describe() + " (rough estimate)" if est else size_unknown_because(o.model))
+        lines.append(est.describe() + " (estimate; recipe plan shows it by part)" if est else size_unknown_because(o.model))
         return lines
 
     def estimate(self, recipe):
-        """A rough memory estimate from the model's config.json, when it is on this machine."""
-        o = self.options
-        try:
-            local = local_model_path(o.model)
-        except UserError:
-            return None
-        if local is not None and local.suffix == ".gguf":
-            local = gguf_cache_dir(local)
-        cfg = read_config(local)
-        if cfg is None:
-            return None
-        bits = 4 if o.load_in_4bit else 8 if o.load_in_8bit else (32 if o.dtype in ("float32",) else 16)
-        if o.dtype == "auto" and not (o.load_in_4bit or o.load_in_8bit):
-            bits = 16 if _has_cuda_cheaply() else 32
-        adapt = recipe.adapt.options if recipe.adapt is not None and recipe.adapt.use == "lora" else None
-        train = recipe.train.options if recipe.train is not None else None
-        batch = getattr(train, "per_device_train_batch_size", 1)
-        seq = (recipe.format.max_seq_length if recipe.format and recipe.format.max_seq_length else o.max_seq_length)
-        checkpointing = bool(getattr(adapt, "gradient_checkpointing", False))
-        return estimate(cfg, bits, getattr(adapt, "r", None), batch, seq, checkpointing)
+        """The memory estimate from the model's config.json, when it is on this machine (memory_estimate)."""
+        return recipe_estimate(recipe, on_gpu=_has_cuda_cheaply())
 
     def load(self, run) -> Loaded:
         import torch

@@ -23,8 +23,8 @@ from pydantic import Field, model_validator
 
 from recipetune import Backend, Loaded, Options, PathOrHubId, Problem, UserError, hookimpl
 
-from .memory_estimate import estimate, read_config
-from .model_sources import gguf_cache_dir, hf_folder_from_gguf, local_model_path
+from .memory_estimate import fit_problem, gpu_free_gib, recipe_estimate
+from .model_sources import hf_folder_from_gguf, local_model_path
 
 EXTRAS_KEY = "unsloth"
 """Key of ``Loaded.extras`` holding the ``FastLanguageModel`` class."""
@@ -136,6 +136,11 @@ class UnslothBackend(Backend):
         if not unsloth_installed():
             yield Problem("load.use", "Unsloth is not installed: pip install 'recipetune[unsloth]' "
                           '(on an NVIDIA GPU), or set load.use = "hf"')
+        est, free = self.estimate(recipe), gpu_free_gib()
+        if est is not None and free is not None:
+            problem = fit_problem(est, free[0], free[1])
+            if problem is not None:
+                yield problem
 
     def describe_plan(self, recipe):
         o = self.options
@@ -144,27 +149,12 @@ class UnslothBackend(Backend):
                  + (", full fine-tuning" if o.full_finetuning else "")]
         est = self.estimate(recipe)
         if est is not None:
-            lines.append(est.describe() + " (rough estimate; Unsloth usually needs less)")
+            lines.append(est.describe() + " (estimate; recipe plan shows it by part)")
         return lines
 
     def estimate(self, recipe):
-        """A rough memory estimate from the model's config.json, when it is on this machine."""
-        o = self.options
-        try:
-            local = local_model_path(o.model)
-        except UserError:
-            return None
-        if local is not None and local.suffix == ".gguf":
-            local = gguf_cache_dir(local)
-        cfg = read_config(local)
-        if cfg is None:
-            return None
-        bits = 4 if o.load_in_4bit else 32 if o.dtype == "float32" else 16
-        adapt = recipe.adapt.options if recipe.adapt is not None and recipe.adapt.use == "lora" else None
-        train = recipe.train.options if recipe.train is not None else None
-        batch = getattr(train, "per_device_train_batch_size", 1)
-        seq = recipe.format.max_seq_length if recipe.format and recipe.format.max_seq_length else o.max_seq_length
-        return estimate(cfg, bits, getattr(adapt, "r", None), batch, seq, bool(getattr(adapt, "gradient_checkpointing", False)))
+        """The memory estimate from the model's config.json, when it is on this machine (memory_estimate)."""
+        return recipe_estimate(recipe, on_gpu=True)
 
     def load(self, run) -> Loaded:
         # Unsloth first: it patches transformers, peft and TRL as it is imported.
