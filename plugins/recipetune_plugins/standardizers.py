@@ -160,7 +160,8 @@ class ShareGPTOptions(Options):
 
 
 class ShareGPT(DatasetFormat):
-    """ShareGPT rows: turns with ``from``/``value`` (human, gpt, system) or ``role``/``content``; system turns kept;
+    """ShareGPT rows: turns with ``from``/``value`` (human, gpt, system) or ``role``/``content``; system turns kept.
+
     LLaMA-Factory's ``function_call`` turns (a JSON call) become assistant tool calls, ``observation`` tool results."""
 
     name = "sharegpt"
