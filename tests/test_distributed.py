@@ -368,3 +368,23 @@ def test_sharding_strategies_become_the_trainers_own_settings(tiny_model_dir, sh
     assert quant_storage_dtype(run_of('strategy = "fsdp"'), torch.bfloat16) is torch.bfloat16  # so 4-bit shards
     assert quant_storage_dtype(run_of('strategy = "ddp"'), torch.bfloat16) is None
     assert quant_storage_dtype(run_of('strategy = "fsdp"', world=1), torch.bfloat16) is None
+
+
+def test_memory_per_gpu_under_each_strategy_for_recipe_plan():
+    """Llama-3.1-8B QLoRA on 2 GPUs: FSDP keeps half the frozen weights (+ two gathered layers) per GPU, DDP all of
+    them; full fine-tuning on 8 GPUs fits 139 GiB only when the trainable state is sharded."""
+    from recipetune_plugins.distributed_memory import per_gpu_estimate, strategy_lines
+    from recipetune_plugins.memory_estimate import KNOWN_CONFIGS, estimate
+
+    cfg = KNOWN_CONFIGS["llama-3.1-8b"]
+    qlora = estimate(cfg, 4, 16, 2, 2048, True, optim="adamw_8bit")
+    assert per_gpu_estimate(qlora, cfg, 1, "fsdp") is qlora  # one GPU: the one-GPU estimate
+    ddp, fsdp = per_gpu_estimate(qlora, cfg, 2, "ddp"), per_gpu_estimate(qlora, cfg, 2, "fsdp")
+    assert ddp.parts["weights"] == qlora.parts["weights"] and ddp.total_gib > qlora.total_gib  # + gradient buckets
+    layer = (fsdp.parts["weights"] - qlora.parts["weights"] / 2) / 2
+    assert 0 < layer < qlora.parts["weights"] / cfg["num_hidden_layers"] * 1.01
+    assert fsdp.parts["activations"] == ddp.parts["activations"]  # per micro-batch, on every GPU
+    full = estimate(cfg, 16, None, 1, 2048, True, optim="adamw_torch")
+    lines = strategy_lines(full, cfg, 8, capacity_gib=139, zero_stage=3)
+    assert [line.split()[0] for line in lines] == ["ddp", "fsdp", "deepspeed"]
+    assert lines[0].endswith("does not fit 139 GiB") and lines[1].endswith("fits") and lines[2].endswith("fits")

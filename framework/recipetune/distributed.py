@@ -272,6 +272,11 @@ def launch_problems(recipe: Any, request: LaunchRequest, flag: bool) -> list[Any
     if table.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         problems.append(Problem("distributed.strategy", 'strategy "deepspeed" needs the deepspeed package: '
                                 "pip install 'recipetune[deepspeed]', or use strategy = \"fsdp\""))
+    for variable, strategy in (("ACCELERATE_USE_FSDP", "fsdp"), ("ACCELERATE_USE_DEEPSPEED", "deepspeed")):
+        if os.environ.get(variable, "").lower() == "true" and table.strategy != strategy:
+            problems.append(Problem("distributed.strategy", f"accelerate launch was set up for {strategy} ({variable}) "
+                                    f'but the recipe says strategy = "{table.strategy}": the recipe decides; set '
+                                    f'strategy = "{strategy}" or launch without it'))
     train = recipe.train.options if recipe.train is not None else None
     global_batch = getattr(train, "global_batch_size", None)
     if global_batch and global_batch % (train.per_device_train_batch_size * request.world_size):
