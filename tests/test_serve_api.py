@@ -146,6 +146,8 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "word " * 700}], "stream": True}),
      400, "maximum context length is 512 tokens"),
     ("/v1/completions", json.dumps({"prompt": "word " * 700, "stream": True}), 400, "maximum context length"),
+    ("/v1/chat/completions", '{"messages": [{"role": "wizard", "content": "hi"}]}', 400, "messages.0"),
+    ("/v1/embeddings", '{"input": "hi"}', 404, "does not compute embeddings"),
 ]
 
 

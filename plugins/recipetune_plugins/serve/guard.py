@@ -154,6 +154,11 @@ class RequestGuard:
                 401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the key in the "
                      "server's --api-key-env variable", "invalid_api_key", kind="authentication_error"))
             return
+        if scope["path"] == "/v1/embeddings":
+            await _send_problem(send, RequestProblem(404, "this server does not compute embeddings: recipe serve "
+                                                          "serves /v1/chat/completions and /v1/completions",
+                                                     "unsupported_route"))
+            return
         model_cls = self.routes.get(scope["path"]) if scope["method"] == "POST" else None
         if model_cls is None:
             await self.app(scope, receive, send)

@@ -10,6 +10,7 @@ builds it from the file, so the count is the count the server will see.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -77,19 +78,23 @@ class ServedModel:
 
         Raises ``ValueError`` with the template's own message when the template refuses the
         conversation (``raise_exception`` in the template, e.g. roles that do not alternate)."""
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
         if self.chat_template is None:
             raise ValueError("this model has no chat template")
-        formatter = Jinja2ChatFormatter(template=self.chat_template, eos_token=self.eos_token,
-                                        bos_token=self.bos_token, stop_token_ids=[self.eos_id])
         try:
-            prompt = formatter(messages=messages, tools=tools, tool_choice=tool_choice).prompt
+            prompt = self._formatter(messages=messages, tools=tools, tool_choice=tool_choice).prompt
         except ValueError:
             raise
         except Exception as exc:  # a jinja error on a message shape the template does not expect
             raise ValueError(f"the model's chat template cannot render these messages: {exc}") from None
         return len(self.vocab.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+
+    @cached_property
+    def _formatter(self) -> Any:
+        """The formatter ``Llama`` builds from the file's template (compiled once)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        return Jinja2ChatFormatter(template=self.chat_template or "", eos_token=self.eos_token,
+                                   bos_token=self.bos_token, stop_token_ids=[self.eos_id])
 
     def completion_prompt_tokens(self, prompt: str) -> int:
         """Tokens of a ``/v1/completions`` prompt, tokenized as ``Llama.create_completion`` does."""
