@@ -167,6 +167,20 @@ def test_interleave_takes_one_row_of_each_in_turn_until_one_runs_out(tmp_path, t
     assert len(ds.train) == 18 and members_of(ds.train) == {"A": 6, "B": 6, "C": 6}
 
 
+def test_weighted_interleave_draws_members_by_weight_until_the_drawn_one_runs_out(tmp_path, tokenizer_dir, tok):
+    write_members(tmp_path)
+    path = recipe(tmp_path, tokenizer_dir, fmt='mix = "interleave"', a="weight = 6", b="weight = 1", c="weight = 1")
+    ds = build_dataset(load_recipe(path), tok)
+    got = origins(ds.train)
+    counts = members_of(ds.train)
+    sizes = {"A": 40, "B": 12, "C": 20}
+    assert any(counts[m] == sizes[m] for m in sizes)  # it stopped when a member it drew had run out
+    for m in sizes:  # each member's rows come in their order, from its first
+        assert [o for o in got if o[0] == m] == [f"{m}{i}" for i in range(counts[m])]
+    assert counts["A"] > counts["B"] + counts["C"]  # weight 6 against 1 and 1
+    assert origins(build_dataset(load_recipe(path), tok).train) == got  # seeded
+
+
 def test_validation_from_one_member_and_format_ops_on_the_whole_mixture(tmp_path, tokenizer_dir, tok):
     write_members(tmp_path)
     fmt = '\n[[format.ops]]\nop = "system_prompt"\ncontent = "Be brief."\n\n[[format.ops]]\nop = "limit"\nn = 50\n'

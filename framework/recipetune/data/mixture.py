@@ -13,7 +13,9 @@ on its own (:func:`read_source`); a mixture then takes rows from each
     together with the seed.
 ``interleave``
     one row of each member in turn, until one of them runs out (``datasets.interleave_datasets`` with
-    ``stopping_strategy="first_exhausted"``).
+    ``stopping_strategy="first_exhausted"``); with weights, each next row comes from a member drawn at random
+    (seeded) in proportion to its weight, until the member drawn has no row left (``interleave_datasets`` with
+    ``probabilities``).
 
 A member's ``rows = N`` fixes how many rows it gives, whatever the strategy: a seeded sample without repeats
 when it has more, all of them repeated (and a seeded sample of the rest) when it has fewer. Every row keeps the
@@ -211,7 +213,18 @@ def mix(reads: list[ReadSource], how: str, seed: int, mix_rows: int | None) -> t
             if n > len(r.parts["train"]):
                 log.info("%s: %d rows repeated to give %d", r.source.where, len(r.parts["train"]), n)
         lists.append(records)
-    if how == "interleave":
+    if how == "interleave" and any(r.source.weight is not None for r in reads):
+        rng = random.Random(f"{seed}-mix")
+        weights = [r.source.weight if r.source.weight is not None else 1.0 for r in reads]
+        taken = [0] * len(lists)
+        pairs = []
+        while True:
+            k = rng.choices(range(len(lists)), weights)[0]
+            if taken[k] >= len(lists[k]):
+                break
+            pairs.append((k, lists[k][taken[k]]))
+            taken[k] += 1
+    elif how == "interleave":
         shortest = min(len(x) for x in lists)
         pairs = [(k, lists[k][i]) for i in range(shortest) for k in range(len(lists))]
     else:

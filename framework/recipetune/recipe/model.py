@@ -81,7 +81,8 @@ class DatasetMember(BaseModel):
     ops: list[Op] = Field(default_factory=list)
     """Its own row operations (``[[format.datasets.ops]]``), before mixing; ``format.ops`` run after, on the mixture."""
     weight: float | None = Field(default=None, gt=0)
-    """Its share of a ``mix = "weighted"`` mixture, relative to the others' (default 1)."""
+    """Its share of a ``mix = "weighted"`` mixture, relative to the others' (default 1); with ``mix = "interleave"``,
+    how likely each next row is to come from it."""
     rows: int | None = Field(default=None, ge=1)
     """Exactly this many of its rows (a seeded sample, or repeats when it has fewer), whatever the mix."""
     limit: int | None = Field(default=None, ge=1)
@@ -122,7 +123,8 @@ class FormatTable(BaseModel):
     ops, and weight or rows), mixed as ``mix`` says."""
     mix: Literal["concat", "weighted", "interleave"] = "concat"
     """How a mixture's datasets are mixed: ``concat`` (one after another), ``weighted`` (shares in proportion to
-    each ``weight``, rows picked with the recipe's seed), ``interleave`` (a row of each in turn, until one runs out)."""
+    each ``weight``, rows picked with the recipe's seed), ``interleave`` (a row of each in turn, or of one drawn by
+    weight, until one runs out)."""
     mix_rows: int | None = Field(default=None, ge=1)
     """Rows of a weighted mixture; default: as many as its weighted datasets have together."""
     split: str = "train"
@@ -178,9 +180,9 @@ class FormatTable(BaseModel):
             if single:
                 raise ValueError(f"{', '.join(single)} describe(s) one dataset: with [[format.datasets]] set "
                                  "it on each dataset's table")
-            if self.mix != "weighted" and any(m.weight is not None for m in self.datasets):
-                raise ValueError(f'a dataset has a weight but mix = "{self.mix}": weights need mix = "weighted" '
-                                 "(rows = N fixes a dataset's count with any mix)")
+            if self.mix == "concat" and any(m.weight is not None for m in self.datasets):
+                raise ValueError('a dataset has a weight but mix = "concat": weights need mix = "weighted" or '
+                                 '"interleave" (rows = N fixes a dataset\'s count with any mix)')
             names = [m.name or _label(m.dataset) for m in self.datasets]
             twice = sorted({n for n in names if names.count(n) > 1})
             if twice:
