@@ -112,3 +112,15 @@ def test_cli_refuses_a_used_folder_in_one_line_and_fresh_starts_over(cli, tmp_pa
     assert result.returncode == 2, result.stderr
     assert "error: " in result.stderr and "holds a finished run" in result.stderr and "Traceback" not in result.stderr
     assert (folder / "metrics.jsonl").exists()
+
+
+def test_an_option_added_by_a_newer_recipetune_is_not_another_recipe(tmp_path, make_recipe, recipetune_pm):
+    recipe = make_recipe()
+    folder = earlier_run(tmp_path / "run", recipe)
+    document = json.loads((folder / "resolved.json").read_text())
+    del document["recipe"]["train"]["max_grad_norm"]  # as written by a version without that option
+    (folder / "resolved.json").write_text(json.dumps(document))
+    run = prepare_run(recipe, recipetune_pm, folder)
+    assert run.resume_from.name == "checkpoint-2"
+    assert any("options only one of the two recipes has" in n and "train.max_grad_norm" in n
+               for n in run.state["run_folder_notes"])

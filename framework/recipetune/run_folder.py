@@ -55,17 +55,26 @@ def previous_document(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def recipe_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two resolved recipes."""
+def recipe_differences(old: Any, new: Any, prefix: str = "", only_in_one: list[str] | None = None) -> list[str]:
+    """Dotted keys whose values differ between two resolved recipes.
+
+    A key that only one of them has (an option added or removed by another recipetune version) is not a difference:
+    it goes to ``only_in_one`` when given.
+    """
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
         for key in sorted(set(old) | set(new), key=str):
-            out += recipe_differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if (key in old) != (key in new):
+                if only_in_one is not None:
+                    only_in_one.append(path)
+                continue
+            out += recipe_differences(old[key], new[key], path, only_in_one)
         return out
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         out = []
         for i, (a, b) in enumerate(zip(old, new)):
-            out += recipe_differences(a, b, f"{prefix}[{i}]")
+            out += recipe_differences(a, b, f"{prefix}[{i}]", only_in_one)
         return out
     return [] if old == new else [prefix or "(recipe)"]
 
@@ -146,7 +155,12 @@ def open_run_folder(folder: Path, resolved_recipe: dict[str, Any], mode: Mode = 
     if previous.get("finished") and mode == "auto":
         raise UserError(f"{folder} holds a finished run ({where}; report.md written); rerun with --fresh to start "
                         "over there, give another --output-dir, or --resume to continue training from its last checkpoint")
-    diffs = recipe_differences(previous.get("recipe"), resolved_recipe) if previous.get("recipe") is not None else []
+    version_keys: list[str] = []
+    diffs = (recipe_differences(previous.get("recipe"), resolved_recipe, only_in_one=version_keys)
+             if previous.get("recipe") is not None else [])
+    if version_keys:
+        opening.notes.append("options only one of the two recipes has (another recipetune version?): "
+                             + ", ".join(version_keys[:8]))
     if diffs:
         described = _describe(diffs, previous.get("recipe") or {}, resolved_recipe)
         if mode == "auto":
