@@ -347,6 +347,7 @@ def test_a_stop_token_llama_cpp_does_not_end_at_fails_the_check(tmp_path):
     tok.add_special_tokens({"additional_special_tokens": ["<|end_turn|>"]})
     end_turn = tok.convert_tokens_to_ids("<|end_turn|>")
     model.resize_token_embeddings(len(tok))
+    tok.chat_template = tok.chat_template.replace("'<|im_end|>'", "'<|end_turn|>'")  # it ends answers: llama.cpp must stop there
     path = _write(model, tok, tmp_path / "tiny-f32.gguf", "f32")
     check = verify_gguf(path, "f32", model, tok, set(stop_ids(model, tok)) | {end_turn}, max_new_tokens=8)
     assert check.missing_stops == ["<|end_turn|>"] and not check.passed

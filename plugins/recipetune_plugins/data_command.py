@@ -40,7 +40,7 @@ def load_tokenizer(recipe: Any):
         source = str(hf_folder_from_gguf(local))
     elif local is not None:
         source = str(local)
-    from transformers import AutoTokenizer
+    from .model_sources import load_tokenizer as load_faithfully
 
     kwargs: dict[str, Any] = {}
     if getattr(options, "revision", None):
@@ -48,7 +48,7 @@ def load_tokenizer(recipe: Any):
     if getattr(options, "trust_remote_code", False):
         kwargs["trust_remote_code"] = True
     try:
-        return AutoTokenizer.from_pretrained(source, **kwargs)
+        return load_faithfully(source, **kwargs)[0]  # as the hf backend loads it (model_sources.TokenizerChoice)
     except (OSError, ValueError) as exc:
         raise UserError(f"load.model {model!r}: cannot load its tokenizer: {exc}") from None
 

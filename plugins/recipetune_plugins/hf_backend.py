@@ -136,7 +136,9 @@ class HFBackend(Backend):
 
     def load(self, run) -> Loaded:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from .model_sources import load_tokenizer
 
         o = self.options
         source = self.source_folder(run)
@@ -159,11 +161,14 @@ class HFBackend(Backend):
         if on_gpu:
             kwargs["device_map"] = {"": torch.cuda.current_device()}
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=o.trust_remote_code,
-                                                      revision=o.revision, token=kwargs["token"])
+            # the folder's tokenizer.json where transformers would rebuild it differently (LlamaTokenizer)
+            tokenizer, choice = load_tokenizer(source, trust_remote_code=o.trust_remote_code, revision=o.revision,
+                                               token=kwargs["token"])
             model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **kwargs)
         except OSError as exc:
             raise UserError(f"cannot load model {o.model!r}: {exc}") from exc
+        if choice is not None:
+            run.logger.info("%s", choice.describe())
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model.config.use_cache = False
@@ -171,7 +176,8 @@ class HFBackend(Backend):
         return Loaded(model=model, tokenizer=tokenizer, backend=self.name, model_name=o.model,
                       device="cuda" if on_gpu else "cpu", dtype=str(dtype).replace("torch.", ""),
                       max_seq_length=o.max_seq_length, quantized=quantized,
-                      source_dir=local if local is not None and local.is_dir() else None)
+                      source_dir=local if local is not None and local.is_dir() else None,
+                      extras={"tokenizer_choice": choice} if choice is not None else {})
 
     def source_folder(self, run) -> str:
         """The folder or Hub id transformers should read (GGUF sources converted once)."""

@@ -174,6 +174,11 @@ class UnslothBackend(Backend):
             model, tokenizer = FastLanguageModel.from_pretrained(**kwargs)
         except OSError as exc:
             raise UserError(f"cannot load model {o.model!r}: {exc}") from exc
+        from .model_sources import faithful_tokenizer
+
+        tokenizer, choice = faithful_tokenizer(source, tokenizer, token=kwargs["token"], revision=o.revision)
+        if choice is not None:  # the folder's tokenizer.json, as the hf backend trains with it
+            run.logger.info("%s", choice.describe())
         if getattr(tokenizer, "pad_token", None) is None:
             tokenizer.pad_token = tokenizer.eos_token
         if getattr(model, "config", None) is not None:

@@ -114,7 +114,7 @@ class GgufExporter(Exporter):
         tokenizer = loaded.tokenizer
         stops = set(stop_ids(model, tokenizer))
         stop_token = tokenizer.eos_token
-        vocab = vocab_metadata(tokenizer, model.get_input_embeddings().weight.shape[0], stop_token)
+        vocab = vocab_metadata(tokenizer, model.get_input_embeddings().weight.shape[0], stop_token, stops=stops)
         folder = run.artifacts_dir / o.folder
         folder.mkdir(parents=True, exist_ok=True)
         stem = o.name or run.recipe.name
@@ -156,6 +156,11 @@ class GgufExporter(Exporter):
             path = written[t]
             details: dict = {"type": t, "bytes": path.stat().st_size, "export_s": round(seconds[t], 2)}
             notes = [f"`{path.name}` ({path.stat().st_size / 2**20:.1f} MiB, {seconds[t]:.1f} s)"]
+            choice = loaded.extras.get("tokenizer_choice")  # which tokenizer this file reproduces (model_sources)
+            if choice is not None:
+                notes.append(choice.describe())
+                details["tokenizer"] = {"used": choice.used, "rebuilt_class": choice.rebuilt_class,
+                                        "differences": [list(d) for d in choice.differences]}
             if t in QUANT_TYPES:
                 kinds = tensor_types(path)
                 fell_back = fallbacks(kinds, t)

@@ -4,6 +4,14 @@ llama.cpp does not run the tokenizer.json pipeline; it re-implements a fixed set
 pre-tokenizers, named by ``tokenizer.ggml.pre``. :func:`detect_pre_tokenizer` reads
 the tokenizer's own pre-tokenizer description and names the llama.cpp one that splits
 text the same way; the export's verification then checks it on real strings.
+
+Where generation ends: llama.cpp ends at its end-of-generation set, which it builds from the
+EOS, EOT and EOM ids of the file and from tokens whose *text* it knows (``<|end|>``,
+``<|endoftext|>``, ``<|im_end|>``...). transformers ends at every id of the generation config.
+:func:`assign_stops` puts a stop llama.cpp would not know into the EOM slot, which llama.cpp
+uses for nothing else; a stop left over is harmless only when the chat template never writes
+it inside an answer (:func:`answer_token_ids`): Phi-3's generation config lists
+``<|assistant|>``, which its template writes only *before* an answer.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from recipetune import UserError
 
@@ -36,6 +44,10 @@ class VocabMetadata:
     add_eos: bool = False
     scores: list[float] = field(default_factory=list)  # SentencePiece-style vocabularies
     add_space_prefix: bool = False
+    stops_left: list[int] = field(default_factory=list)
+    """Stop ids of transformers that llama.cpp will not end at (no slot left); see :func:`assign_stops`."""
+    phi3_whitespace: bool = False
+    """The special tokens eat the whitespace after them as Phi-3's do (see :func:`llama_name`)."""
 
 
 def _backend_json(tokenizer: Any) -> dict[str, Any]:
@@ -67,13 +79,15 @@ def detect_pre_tokenizer(tok_json: dict[str, Any]) -> str:
                     f"({json.dumps(pre)[:300]}); supported: GPT-2 byte-level, SmolLM, Llama-3, Qwen2 byte-level BPE")
 
 
-def vocab_metadata(tokenizer: Any, vocab_size: int, stop_token: str | None) -> VocabMetadata:
+def vocab_metadata(tokenizer: Any, vocab_size: int, stop_token: str | None, stops: Iterable[int] = ()) -> VocabMetadata:
     """Tokens, types, merges or scores and special ids for the GGUF, padded to ``vocab_size``.
 
     Byte-level BPE (Llama-3.x, SmolLM2, Qwen2) becomes llama.cpp's ``gpt2`` vocabulary;
     BPE with byte fallback and a ``▁`` word marker (the SentencePiece style of Llama-2 and
     Mistral) becomes its ``llama`` vocabulary, with each token's score the negated rank of the
-    merge that makes it, so llama.cpp merges in the same order.
+    merge that makes it, so llama.cpp merges in the same order. ``stops``: the ids transformers
+    ends generation at (the generation config's), made end-of-generation ids for llama.cpp too
+    (:func:`assign_stops`).
     """
     tok_json = _backend_json(tokenizer)
     model = tok_json.get("model", {})
@@ -130,9 +144,97 @@ def vocab_metadata(tokenizer: Any, vocab_size: int, stop_token: str | None) -> V
     add_bos = len(probe) > len(bare) and probe[0] == special.get("bos")
     add_eos = len(probe) > len(bare) and probe[-1] == special.get("eos")
     if spm:
-        return VocabMetadata("llama", pre, tokens, types, [], special, add_bos, add_eos, scores=scores,
-                             add_space_prefix=_adds_space_prefix(tok_json))
-    return VocabMetadata("gpt2", pre, tokens, types, merges, special, add_bos, add_eos)
+        vocab = VocabMetadata("llama", pre, tokens, types, [], special, add_bos, add_eos, scores=scores,
+                              add_space_prefix=_adds_space_prefix(tok_json))
+    else:
+        vocab = VocabMetadata("gpt2", pre, tokens, types, merges, special, add_bos, add_eos)
+    vocab.phi3_whitespace = strips_like_phi3(tokenizer, tokens, types)
+    if stops:
+        assign_stops(vocab, stops, answer_token_ids(tokenizer))
+    return vocab
+
+
+PHI3_KEPT = ("<unk>", "<s>", "<|endoftext|>")
+PHI3_NAMED = re.compile(r"phi-?3", re.IGNORECASE)
+
+
+def strips_like_phi3(tokenizer: Any, tokens: list[str], types: list[int]) -> bool:
+    """Whether the added tokens that eat the whitespace after them (``rstrip``) are exactly those llama.cpp
+    strips for a model named Phi-3: every control, user-defined and unknown token and ``</s>``, except
+    ``<unk>``, ``<s>`` and ``<|endoftext|>`` (``llama_vocab::impl::load``). llama.cpp has no per-token flag
+    for it in GGUF: it decides by ``general.name``."""
+    stripped = {i for i, a in tokenizer.added_tokens_decoder.items() if getattr(a, "rstrip", False)}
+    if not stripped or not all(t in tokens for t in (*PHI3_KEPT, "</s>")):
+        return False
+    cached = {i for i, t in enumerate(types) if t in (CONTROL, USER_DEFINED, UNKNOWN)} | {tokens.index("</s>")}
+    return stripped == cached - {tokens.index(t) for t in PHI3_KEPT}
+
+
+def llama_name(name: str, vocab: VocabMetadata) -> str:
+    """``general.name`` such that llama.cpp strips whitespace after special tokens exactly when the tokenizer
+    does: llama.cpp does it for every model whose name contains "phi-3" or "phi3", and for no other."""
+    if vocab.phi3_whitespace and not PHI3_NAMED.search(name):
+        return f"{name} (phi-3 tokenizer)"
+    if not vocab.phi3_whitespace and PHI3_NAMED.search(name):
+        return PHI3_NAMED.sub(lambda m: m.group(0)[:3] + " 3", name)  # "phi3-tune" -> "phi 3-tune"
+    return name
+
+
+LLAMA_EOG_TEXTS = frozenset({
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
+    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>",
+    "<eos>", "<turn|>", "<|tool_response>", "<\uff5cend\u2581of\u2581sentence\uff5c>", "[e~[",
+})
+"""Token texts llama.cpp ends generation at whatever the file says (``llama_vocab::impl::load``, the
+end-of-generation list, llama-cpp-python 0.3.36's llama.cpp)."""
+
+
+def llama_end_ids(vocab: VocabMetadata) -> set[int]:
+    """The ids llama.cpp will end generation at for this vocabulary: EOS, EOT, EOM and the texts it knows."""
+    ids = {i for i, token in enumerate(vocab.tokens) if token in LLAMA_EOG_TEXTS}
+    return ids | {vocab.special_ids[k] for k in ("eos", "eot", "eom") if k in vocab.special_ids}
+
+
+def assign_stops(vocab: VocabMetadata, stops: Iterable[int], in_answers: set[int] | None) -> list[int]:
+    """Make llama.cpp end at every id of ``stops``: one it would not know goes into the EOM slot (llama.cpp
+    uses EOM for nothing but ending generation; EOS and EOT keep their meaning), those the template writes
+    inside answers first. The ids left over are kept in ``vocab.stops_left`` and returned."""
+    missing = sorted(set(stops) - llama_end_ids(vocab), key=lambda i: (in_answers is not None and i not in in_answers, i))
+    if missing and "eom" not in vocab.special_ids:
+        vocab.special_ids["eom"] = missing.pop(0)
+    vocab.stops_left = missing
+    return missing
+
+
+ANSWER_PROBE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello there."}, {"role": "user", "content": "Again?"},
+                {"role": "assistant", "content": "Yes."}]
+
+
+def answer_token_ids(tokenizer: Any) -> set[int] | None:
+    """The ids the chat template writes inside assistant turns (their end-of-turn token included), from a
+    rendered two-answer conversation; ``None`` for a model without a chat template (a base model's text may
+    end anywhere). A token outside this set is never trained as part of an answer."""
+    from recipetune.data.templating import assistant_spans
+
+    template = getattr(tokenizer, "chat_template", None)
+    if not template or not isinstance(template, str):
+        return None
+    variables = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
+    for messages in (ANSWER_PROBE, ANSWER_PROBE[1:]):  # some templates refuse a system message
+        try:
+            text, spans = assistant_spans(template, messages, **variables)
+            break
+        except Exception:
+            continue
+    else:
+        return None
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: set[int] = set()
+    for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        if any(span.start <= start and end <= span.end and end > start for span in spans):
+            ids.add(token)
+    return ids
 
 
 def _adds_space_prefix(tok_json: dict[str, Any]) -> bool:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from recipetune import UserError
 from recipetune.atomic import atomic_path
 
-from .vocab import VocabMetadata
+from .vocab import VocabMetadata, llama_name
 
 if TYPE_CHECKING:  # numpy is imported where it is used: `recipe --help` stays fast
     import numpy as np
@@ -195,7 +195,7 @@ def write_gguf(model: Any, vocab: VocabMetadata, path: Path, file_type: str, *, 
     with atomic_path(path) as tmp:
         w = gguf.GGUFWriter(str(tmp), h.arch)
         w.add_type("model")
-        w.add_name(name)
+        w.add_name(llama_name(name, vocab))  # llama.cpp decides Phi-3's whitespace stripping by the name
         if description:
             w.add_description(description)
         if base_model:
@@ -234,7 +234,7 @@ def write_gguf(model: Any, vocab: VocabMetadata, path: Path, file_type: str, *, 
             w.add_token_scores(vocab.scores)
             w.add_add_space_prefix(vocab.add_space_prefix)
         for key, adder in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("eot", w.add_eot_token_id),
-                           ("unk", w.add_unk_token_id), ("pad", w.add_pad_token_id)):
+                           ("eom", w.add_eom_token_id), ("unk", w.add_unk_token_id), ("pad", w.add_pad_token_id)):
             if key in vocab.special_ids:
                 adder(vocab.special_ids[key])
         w.add_add_bos_token(vocab.add_bos)
