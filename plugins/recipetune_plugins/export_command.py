@@ -68,8 +68,8 @@ def export_run(folder: str, targets: tuple[str, ...], quantization: tuple[str, .
     except RecipeError as exc:
         raise UserError("cannot export this run:\n" + "\n".join(p.render() for p in exc.problems)) from None
     problems = [p for s in plan.export for p in (s.component.preflight(plan) or ())]
-    for p in problems:
-        click.echo(p.render(), err=True)
+    for p in problems:  # about this machine, not about a recipe file: no file and line to show
+        click.echo(f"{'warning' if p.severity == 'warning' else 'error'}: {p.message}", err=True)
     if any(p.severity == "error" for p in problems):
         raise UserError("this machine cannot write these files (see above)")
     recipe = original_recipe(done, pm) or plan
