@@ -90,10 +90,23 @@ def out_of_memory_error(run, loaded, exc: BaseException) -> UserError:
         est = None
     if est is not None:
         plan = f" recipe plan estimated {est.describe()}."
+        capacity = _gpu_capacity_gib()
+        if capacity and getattr(est, "training", False) and hasattr(est, "max_tokens"):
+            most = est.max_tokens(capacity)
+            if most > 0:
+                plan += f" On this GPU ({capacity:.0f} GiB) it expects at most ~{most} tokens per micro-batch to fit."
     step = run.state.get("last_step")
     at = f" at step {step}" if step else ""
     return UserError(f"out of memory on {where}{at} ({str(exc).splitlines()[0][:160]}).{plan} Likely fixes: "
                      + "; ".join(fixes) + f". {_last_good(run)}.")
+
+
+def _gpu_capacity_gib() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory / 2**30
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
