@@ -320,12 +320,11 @@ def _run_one(recipe_path: str, overrides: tuple[str, ...], run: dict[str, Any], 
                "--output-dir", str(run_dir)]
     click.echo(f"[sweep] {run['name']}: {'continuing' if resumed else 'starting'} "
                f"({' '.join(run['overrides'])})", err=True)
-    run["status"] = "running"
-    write_comparison(folder, state)
     started = time.perf_counter()
     child = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                              preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-    run["pid"] = child.pid
+    run.update(status="running", pid=child.pid)
+    write_comparison(folder, state)
     try:
         code = child.wait()
     except KeyboardInterrupt:  # the child got the same Ctrl-C: it writes a checkpoint and stops
