@@ -174,3 +174,13 @@ def test_a_phi3_shaped_export_passes_and_says_which_tokenizer_it_reproduces(tmp_
     report = (tmp_path / "run" / "report.md").read_text()
     assert "-> PASS" in report
     assert "the folder's tokenizer.json" in report and "LlamaTokenizer" in report and "' leading space'" in report
+
+
+def test_the_name_tells_llama_cpp_whether_special_tokens_eat_the_whitespace_after_them():
+    from recipetune_plugins.gguf.vocab import VocabMetadata, llama_name
+
+    phi3 = VocabMetadata("llama", "default", [], [], [], phi3_whitespace=True)
+    other = VocabMetadata("gpt2", "gpt-2", [], [], [])
+    assert llama_name("my-tune", phi3) == "my-tune (phi-3 tokenizer)" and llama_name("Phi-3-tune", phi3) == "Phi-3-tune"
+    assert llama_name("phi3-chatml", other) == "phi 3-chatml" and llama_name("PHI-3x", other) == "PHI 3x"
+    assert llama_name("tiny", other) == "tiny"

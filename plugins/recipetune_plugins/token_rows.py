@@ -26,7 +26,7 @@ def _template(recipe: Any):
 
 def new_token_problems(recipe: Any) -> Iterable[Problem]:
     """``recipe validate``: the tokens the template adds to a local model's tokenizer, and what follows."""
-    from .model_sources import local_model_path
+    from .model_sources import gguf_cache_dir, local_model_path
 
     template = _template(recipe)
     if template is None or not template.special_tokens:
@@ -35,6 +35,8 @@ def new_token_problems(recipe: Any) -> Iterable[Problem]:
         local = local_model_path(recipe.load.options.model)
     except (UserError, AttributeError):
         return []
+    if local is not None and local.suffix == ".gguf" and local.is_file():
+        local = gguf_cache_dir(local)  # the folder converted on the first run (the quickstart's SmolLM2)
     if local is None or not local.is_dir():
         return []
     vocabulary = folder_vocabulary(local)
