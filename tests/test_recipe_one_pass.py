@@ -105,3 +105,14 @@ def test_rows_with_an_empty_answer_are_counted_and_named(tmp_path, tiny_model_di
     assert result.exit_code == 0, result.output
     assert "warning: 1 of 3 rows have an empty answer" in result.output
     assert 'op = "drop_empty"' in result.output and "Question 1?" in result.output
+
+
+def test_an_unknown_standardizer_does_not_hide_the_checks_across_sections(recipe_problems):
+    # the issue's own first pass: standardizer = "openai" hid train.eval_steps until it was fixed
+    text = (GOOD.replace('dataset = "org/data"', 'dataset = "org/data"\nstandardizer = "openai"')
+            .replace("max_steps = 10", "max_steps = 10\neval_steps = 5"))
+    problems = recipe_problems(text)
+    joined = "\n".join(problems)
+    assert "format.standardizer.use: unknown dataset format 'openai'; did you mean 'messages'?" in joined
+    assert "train.eval_steps: eval_steps needs a validation set" in joined
+    assert len(problems) == 2, problems

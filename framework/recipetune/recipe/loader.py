@@ -137,10 +137,15 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return sorted(k for k in model.model_fields if k != "use")
 
 
-def _validate_section(pm: "PluginManager", kind: str, path: PathKey, raw: Any, ctx: dict, out: _Collector) -> Section | None:
-    """The section at ``path``, salvaged without its wrong keys when it has some; None when it cannot be built."""
+def _validate_section(pm: "PluginManager", kind: str, path: PathKey, raw: Any, ctx: dict, out: _Collector,
+                      blocks_checks: bool = True) -> Section | None:
+    """The section at ``path``, salvaged without its wrong keys when it has some; None when it cannot be built.
+
+    ``blocks_checks``: when it cannot be built, the checks across sections wait for the next pass (a check would
+    take the missing section for an absent one). The format's standardizer and chat template do not block: the
+    checks that read them skip themselves on a recipe with errors."""
     section = _build_section(pm, kind, path, raw, ctx, out)
-    out.unbuildable |= section is None
+    out.unbuildable |= blocks_checks and section is None
     return section
 
 
@@ -332,7 +337,7 @@ def load_recipe_text(
         for key, kind in FORMAT_COMPONENTS.items():
             value = raw_fmt.get(key, FormatTable.model_fields[key].default)
             value = inline_template_table(value) if key == "chat_template" else value
-            fmt_sections[key] = _validate_section(pm, kind, ("format", key), value, ctx, out)
+            fmt_sections[key] = _validate_section(pm, kind, ("format", key), value, ctx, out, blocks_checks=False)
         member_sections = [_validate_section(pm, "dataset_format", ("format", "datasets", i, "standardizer"), value,
                                              ctx, out) for i, value in member_standardizer_values(raw_fmt)]
     elif "format" in data:
@@ -342,7 +347,6 @@ def load_recipe_text(
     wrong = [path for path, p in out.items if p.severity == "error"]
     buildable = (header is not None and sections.get("load") is not None and not out.unbuildable
                  and ("format" in data) == (fmt is not None)
-                 and all(fmt_sections[k] is not None for k in FORMAT_COMPONENTS if fmt is not None)
                  and (fmt is None or all(m is not None for m in member_sections)))
     if buildable:
         recipe = Recipe(
