@@ -90,3 +90,29 @@ def test_llama32_1b_finetome_epochs_recipe_trains_three_epochs_with_checkpoints(
     kept = sorted(int(p.name.split("-")[1]) for p in run.checkpoints_dir.glob("checkpoint-*"))
     assert kept[-1] == last and len(kept) == min(3, last), "a checkpoint every train.save_steps, save_total_limit kept"
     assert (run.output_dir / "artifacts" / "lora" / "adapter_model.safetensors").exists()
+
+
+def write_guanaco_like(path: Path, rows: int = 12) -> Path:
+    """Rows shaped like guanaco-llama2-1k: one ``text`` column in Llama-2's [INST] format."""
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(rows):
+            fh.write(json.dumps({"text": f"<s>[INST] What is {i} + {i}? [/INST] {i} + {i} = {2 * i}. </s>"}) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_llama2_guanaco_recipe_trains_on_text_and_writes_tensorboard_events(tmp_path, tiny_model_dir):
+    data = write_guanaco_like(tmp_path / "guanaco.jsonl")
+    run = run_shipped("llama2_guanaco.toml", tmp_path / "run", [
+        f"load.model={tiny_model_dir}", f"format.dataset={data}", *CPU, "train.precision=auto", "train.max_steps=3",
+        "train.warmup_steps=0", "export[1].dtype=float32"])
+    stats = run.state["format_stats"]
+    assert stats["samples"] == 12 and stats["trained_tokens"] >= 0.9 * stats["tokens"], "loss on every token"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((run.output_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Scalars("train/loss")] == [1, 2, 3]
+    assert {a.kind for a in run.artifacts} == {"lora", "merged"}
