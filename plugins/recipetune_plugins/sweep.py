@@ -149,6 +149,8 @@ def validate_recipe(recipe, registry):
             if not parse_path(key):
                 problems.append(Problem(f"sweep.grid.{key}", "not a dotted recipe key such as \"train.learning_rate\"", **where))
                 continue
+            if not values:
+                problems.append(Problem(f"sweep.grid.{key}", "no values: give a list such as [1e-4, 2e-4]", **where))
             for value in values:
                 override = f"{key}={toml_value(value)}"
                 try:

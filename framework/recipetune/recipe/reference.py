@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from ..components import KIND_LABELS
 from ..registry import Registry
 from .model import DatasetMember, DistributedTable, FormatTable, RecipeHeader
+from .sweep_table import SweepTable
 
 SECTIONS = [
     ("backend", "[load]", "Stage 1: load the model and tokenizer."),
@@ -63,7 +64,8 @@ def reference_markdown(registry: Registry) -> str:
              "## Top level", "", *options_table(RecipeHeader), "",
              "## [format]", "", FormatTable.__doc__.strip(), "", *options_table(FormatTable), "",
              "### [[format.datasets]]", "", DatasetMember.__doc__.strip(), "", *options_table(DatasetMember), "",
-             "## [distributed]", "", inspect.cleandoc(DistributedTable.__doc__), "", *options_table(DistributedTable), ""]
+             "## [distributed]", "", inspect.cleandoc(DistributedTable.__doc__), "", *options_table(DistributedTable), "",
+             "## [sweep]", "", inspect.cleandoc(SweepTable.__doc__), "", *options_table(SweepTable), ""]
     for kind, title, intro in SECTIONS:
         lines += [f"## {title}", "", intro, ""]
         for entry in registry.entries(kind):

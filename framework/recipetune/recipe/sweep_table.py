@@ -5,7 +5,7 @@ every grid value against the components' options, are the ``sweep`` plugin (``re
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,7 +17,7 @@ class SweepTable(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, strict=True)
 
-    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
     """Dotted recipe keys and the values each one takes, e.g. ``"train.learning_rate" = [1e-4, 2e-4]`` (quote the
     key); ``recipe sweep`` runs every combination. ``--grid KEY=V1,V2`` on the command line replaces a key's values."""
     output_dir: RecipePath | None = None
