@@ -7,7 +7,8 @@ weights.
   ``metric_for_best_model``). transformers 5 tracks ``state.best_metric`` at every evaluation, so it needs no
   checkpoint per evaluation; the subclass here only drops its warning about ``load_best_model_at_end``, since
   :class:`BestWeights` does that job.
-- ``keep = "best"`` is our own callback, :class:`BestWeights`, rather than ``load_best_model_at_end``: that option
+- ``keep = "best"`` is our own callback, :class:`BestWeights` (with ``keep = "last"`` it only records the best
+  evaluation in ``best/best.json``), rather than ``load_best_model_at_end``: that option
   ties the best model to full checkpoints (``save_steps`` must be a multiple of ``eval_steps``, each one with the
   optimizer state, and checkpoint rotation decides what survives), so a run that checkpoints rarely -- or never --
   could not keep its best evaluation. :class:`BestWeights` writes only the *trainable* weights (a LoRA adapter: a
@@ -179,14 +180,18 @@ class _BestWeightsBase:
 
         from recipetune.atomic import atomic_dir, write_json
 
-        tensors = {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
+        # the weights only when they will be used: a full fine-tune's would be the whole model at every new best
+        tensors = ({name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
+                   if self.keep == "best" else {})
         self.best = {"step": int(step), "metric": self.metric, "value": float(value), "epoch": epoch,
                      "tensors": len(tensors)}
         with atomic_dir(self.folder) as tmp:
-            save_file(tensors, str(Path(tmp) / "weights.safetensors"))
+            if tensors:
+                save_file(tensors, str(Path(tmp) / "weights.safetensors"))
             write_json(Path(tmp) / "best.json", self.best)
         self.run.state["best"] = dict(self.best)
-        self.run.logger.info("new best at step %d: %s %.4f (weights in %s)", step, self.metric, value, self.folder)
+        self.run.logger.info("new best at step %d: %s %.4f%s", step, self.metric, value,
+                             f" (weights in {self.folder})" if tensors else "")
 
     def finish(self, model: Any, last_step: int) -> None:
         """Load the best weights into ``model`` when ``keep = "best"``; say which weights the run keeps."""
