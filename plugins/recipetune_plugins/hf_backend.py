@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from recipetune import Backend, Loaded, Options, PathOrHubId, Problem, UserError, hookimpl
 
+from .distributed import quant_storage_dtype
 from .memory_estimate import fit_problem, recipe_estimate
 from .model_sources import hf_folder_from_gguf, local_model_path
 from .precision import resolve_dtype
@@ -153,10 +154,11 @@ class HFBackend(Backend):
             from transformers import BitsAndBytesConfig
 
             compute = resolve_dtype(o.bnb_4bit_compute_dtype) if o.bnb_4bit_compute_dtype != "auto" else dtype
+            storage = quant_storage_dtype(run, compute)  # FSDP / ZeRO-3: 4-bit weights stored so they shard
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=o.load_in_4bit, load_in_8bit=o.load_in_8bit,
                 bnb_4bit_quant_type=o.bnb_4bit_quant_type, bnb_4bit_use_double_quant=o.bnb_4bit_use_double_quant,
-                bnb_4bit_compute_dtype=compute)
+                bnb_4bit_compute_dtype=compute, **({"bnb_4bit_quant_storage": storage} if storage is not None else {}))
             quantized = "4bit" if o.load_in_4bit else "8bit"
         if on_gpu:
             kwargs["device_map"] = {"": torch.cuda.current_device()}
