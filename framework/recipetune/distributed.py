@@ -378,3 +378,6 @@ def quiet_other_ranks() -> None:
 
     for handler in logging.getLogger().handlers:
         handler.setLevel(logging.WARNING)
+    # and no progress bars of their own (huggingface_hub's switch covers transformers' loading bars)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

@@ -130,4 +130,5 @@ def replace_trainer_progress(trainer: Any, stream: TextIO | None = None) -> None
 
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(progress_callback(stream))
+    if trainer.is_world_process_zero():  # several processes: one display, rank 0's (as the Trainer's own bar)
+        trainer.add_callback(progress_callback(stream))
