@@ -3,9 +3,12 @@
 They go into the same ``logs`` dict the trainer passes to every callback, before the one that writes
 ``metrics.jsonl``, so the metrics file, TensorBoard, the progress bar and the plots all see them.
 
-Tokens are *real* tokens: TRL's running ``num_tokens`` (the attention-mask sum of each batch, or the row length of a
-padding-free or packed batch), never padding. Time is the time spent inside optimizer steps (``on_step_begin`` to
-``on_step_end``), so evaluation and checkpoint writing do not lower the rate.
+Tokens are *real* tokens, counted here from every micro-batch the trainer's ``training_step`` receives: the
+attention-mask sum, or for a packed or padding-free batch (no mask; position ids keep samples apart) every token of
+the row — never padding. (TRL's own ``num_tokens`` is not enough: Unsloth's patched trainer does not update it.)
+The count stays on the device until a line is logged, so it adds no synchronisation per step. Time is the time spent
+inside optimizer steps (``on_step_begin`` to ``on_step_end``), so evaluation and checkpoint writing do not lower the
+rate.
 """
 
 from __future__ import annotations
@@ -56,6 +59,34 @@ def mean_train_loss(metrics: list[dict[str, float]]) -> float | None:
     return total / steps if steps else None
 
 
+def real_tokens(inputs: Any) -> Any:
+    """The number of non-pad tokens of one micro-batch (a tensor or an int)."""
+    if not isinstance(inputs, dict):
+        return 0
+    mask = inputs.get("attention_mask")
+    if mask is not None:
+        return mask.sum()
+    ids = inputs.get("input_ids")
+    return ids.numel() if ids is not None else 0
+
+
+class TokenCounter:
+    """Wraps ``trainer.training_step`` to add up the real tokens of every micro-batch."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.total: Any = 0
+        step = trainer.training_step
+
+        def counting_step(model, inputs, *args, **kwargs):
+            self.total = self.total + real_tokens(inputs)
+            return step(model, inputs, *args, **kwargs)
+
+        trainer.training_step = counting_step
+
+    def value(self) -> float:
+        return float(self.total.item() if hasattr(self.total, "item") else self.total)
+
+
 def step_metrics_callback(run, trainer: Any = None):
     """A TrainerCallback adding ``tokens_per_second`` and memory to training log lines."""
     from transformers import TrainerCallback
@@ -64,11 +95,9 @@ def step_metrics_callback(run, trainer: Any = None):
         def __init__(self) -> None:
             self.step_time = 0.0
             self.step_started: float | None = None
-            self.last_tokens: float | None = None
+            self.counter = TokenCounter(trainer) if trainer is not None else None
+            self.last_tokens = 0.0
             self.last_time = 0.0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.last_tokens = getattr(trainer, "_total_train_tokens", None)
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.step_started = time.perf_counter()
@@ -86,11 +115,12 @@ def step_metrics_callback(run, trainer: Any = None):
                     logs["train_loss"] = whole_run
             if logs is None or "loss" not in logs:
                 return
-            tokens = logs.get("num_tokens", getattr(trainer, "_total_train_tokens", None))
             elapsed = self.step_time - self.last_time
-            if tokens is not None and self.last_tokens is not None and elapsed > 0:
-                logs["tokens_per_second"] = round((float(tokens) - float(self.last_tokens)) / elapsed, 1)
-            self.last_tokens, self.last_time = tokens, self.step_time
+            if self.counter is not None and elapsed > 0:
+                tokens = self.counter.value()
+                logs["tokens_per_second"] = round((tokens - self.last_tokens) / elapsed, 1)
+                self.last_tokens = tokens
+            self.last_time = self.step_time
             logs.update(memory_now())
 
     return StepMetrics()
