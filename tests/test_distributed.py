@@ -388,3 +388,17 @@ def test_memory_per_gpu_under_each_strategy_for_recipe_plan():
     lines = strategy_lines(full, cfg, 8, capacity_gib=139, zero_stage=3)
     assert [line.split()[0] for line in lines] == ["ddp", "fsdp", "deepspeed"]
     assert lines[0].endswith("does not fit 139 GiB") and lines[1].endswith("fits") and lines[2].endswith("fits")
+
+
+def test_recipe_plan_shows_memory_per_gpu_for_n_gpus(tmp_path):
+    recipe = tmp_path / "p8.toml"
+    recipe.write_text('name = "p8"\n[load]\nuse = "hf"\nmodel = "unsloth/Meta-Llama-3.1-8B-Instruct"\nload_in_4bit = true\n'
+                      '[adapt]\nuse = "lora"\n[format]\ndataset = "mlabonne/FineTome-100k"\n[train]\nuse = "sft"\n'
+                      'max_steps = 60\nglobal_batch_size = 16\n[distributed]\nstrategy = "fsdp"\nnproc_per_node = 2\n')
+    done = run_cli("plan", str(recipe), "--gpu", "H200", "--no-data", "--json")
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert "on 2 GPUs, peak per GPU by strategy (the recipe's: fsdp):" in plan["lines"]
+    per_gpu = plan["per_gpu_gib"]
+    assert per_gpu["fsdp"] < per_gpu["deepspeed"] < per_gpu["ddp"]  # ZeRO-2 shards the trainable state only
+    assert per_gpu["ddp"] > plan["peak_reserved_gib"]  # DDP: one GPU's memory and its gradient buckets

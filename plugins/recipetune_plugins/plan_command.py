@@ -136,7 +136,7 @@ def bfd_rows(lengths: list[int], window: int) -> int:
     return rows
 
 
-def build_plan(recipe, target: Target, with_data: bool = True) -> Plan:
+def build_plan(recipe, target: Target, with_data: bool = True, gpus: int = 1) -> Plan:
     from recipetune.report import trainable_share
 
     from .memory_estimate import fit_verdict, memory_lines, recipe_config, recipe_estimate
@@ -169,6 +169,14 @@ def build_plan(recipe, target: Target, with_data: bool = True) -> Plan:
     out.append(f"fit: {plan.verdict} in {target.gib:.1f} GiB" + (f" — fix: {plan.fix}" if plan.fix else ""))
     plan.data.update(parts=est.parts, peak_reserved_gib=round(est.total_gib, 3), verdict=plan.verdict,
                      parameters=counts, target_gib=target.gib)
+    if gpus > 1 and train is not None:  # several GPUs: what each strategy keeps per GPU (docs/distributed.md)
+        from .distributed_memory import STRATEGIES, per_gpu_estimate, strategy_lines
+
+        table = recipe.header.distributed
+        out.append(f"on {gpus} GPUs, peak per GPU by strategy (the recipe's: {table.strategy}):")
+        out += [f"  {line}" for line in strategy_lines(est, cfg, gpus, target.gib, table.zero_stage)]
+        plan.data["per_gpu_gib"] = {s: round(per_gpu_estimate(est, cfg, gpus, s, table.zero_stage).total_gib, 3)
+                                    for s in STRATEGIES}
     if train is None:
         out.append("training: none (the recipe has no [train] table)")
         return plan
@@ -194,7 +202,8 @@ def build_plan(recipe, target: Target, with_data: bool = True) -> Plan:
                f"max {max(lengths)}); cache {stats.get('cache', '?')}")
     out.append(f"packing: {'on' if decision.on else 'off'} ({decision.reason})"
                + (f"; {rows} rows of {window} tokens" if decision.on else ""))
-    per_step = train.per_device_train_batch_size * train.gradient_accumulation_steps
+    per_step = (getattr(train, "global_batch_size", None)
+                or train.per_device_train_batch_size * train.gradient_accumulation_steps * gpus)
     steps_per_epoch = max(1, math.ceil(rows / per_step))
     steps = train.max_steps if train.max_steps > 0 else math.ceil(steps_per_epoch * train.num_train_epochs)
     epochs = steps / steps_per_epoch
@@ -219,8 +228,11 @@ def register_commands(cli):
     @click.option("--gpu", "gpu", metavar="NAME|GiB", help="Plan for this GPU (H100, A100-40GB, T4, 24GiB...) "
                   "instead of this machine.")
     @click.option("--no-data", is_flag=True, help="Do not read the data (no tokenizer; no packing, steps or time).")
+    @click.option("--gpus", type=click.IntRange(min=1), help="Plan for this many GPUs training together: memory per "
+                  "GPU under ddp, fsdp and deepspeed (default: [distributed] nproc_per_node, else 1).")
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-    def plan(recipe_path: str, overrides: tuple[str, ...], gpu: str | None, no_data: bool, as_json: bool) -> None:
+    def plan(recipe_path: str, overrides: tuple[str, ...], gpu: str | None, no_data: bool, gpus: int | None,
+             as_json: bool) -> None:
         """What RECIPE needs before anything is loaded: parameters, GPU memory by part, fit, micro-batch, steps, time.
 
         Exits with status 3 when the run surely does not fit the target.
@@ -229,7 +241,8 @@ def register_commands(cli):
 
         recipe = load_or_exit(recipe_path, overrides)
         target = parse_gpu(gpu) if gpu else this_machine()
-        result = build_plan(recipe, target, with_data=not no_data)
+        result = build_plan(recipe, target, with_data=not no_data,
+                            gpus=gpus or recipe.header.distributed.nproc_per_node or 1)
         if as_json:
             click.echo(json.dumps({"lines": result.lines, **result.data}, indent=2, default=str))
         else:
