@@ -253,3 +253,32 @@ def batches(samples: list[dict[str, list[int]]], batch_size: int, pad_id: int, s
             labels[i, :n] = torch.tensor(s["labels"])
             mask[i, :n] = 1
         yield {"input_ids": ids, "attention_mask": mask, "labels": labels}, int(mask.sum())
+
+
+# ---------------------------------------------------------------- long-tailed chat data (packing benchmark)
+LONGTAIL_MEDIAN, LONGTAIL_P90 = 366, 1100
+"""Target token lengths of whole conversations: the median and 90th percentile of real chat data (FineTome-like
+mixes of short questions and long answers); lognormal, capped below max_seq_length."""
+
+
+def longtail_rows(n: int, seed: int = 3407, tokens_per_word: float = 1.9, cap_tokens: int = 1960) -> list[dict[str, Any]]:
+    """ShareGPT rows whose tokenized lengths follow a lognormal with median ``LONGTAIL_MEDIAN`` and 90th percentile
+    ``LONGTAIL_P90`` tokens (cut at ``cap_tokens``): one to three user/assistant turns, a system prompt in a quarter
+    of them. ``tokens_per_word``: the bench tokenizer's rate on these words (prepare.py prints the real lengths)."""
+    import math
+
+    rng, vocab = random.Random(seed), words()
+    sigma = math.log(LONGTAIL_P90 / LONGTAIL_MEDIAN) / 1.2816
+    rows = []
+    for i in range(n):
+        target = min(cap_tokens, max(24, int(rng.lognormvariate(math.log(LONGTAIL_MEDIAN), sigma))))
+        budget = max(8, int(target / tokens_per_word))
+        turns = 1 if budget < 150 else rng.choice([1, 1, 2, 3])
+        conv = [{"from": "system", "value": sentence(rng, vocab, 12)}] if i % 4 == 0 else []
+        for _ in range(turns):
+            share = budget // turns
+            user = max(4, int(share * rng.uniform(0.1, 0.3)))
+            conv.append({"from": "human", "value": sentence(rng, vocab, user)})
+            conv.append({"from": "gpt", "value": sentence(rng, vocab, max(4, share - user))})
+        rows.append({"conversations": conv, "source": "generated-longtail"})
+    return rows
