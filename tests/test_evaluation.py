@@ -92,3 +92,13 @@ def test_early_stopping_keeps_and_exports_the_best_weights_not_the_last(tmp_path
     assert lora.details["weights"] == "best" and f"at step {best_step}" in lora.description
     resolved = json.loads((run.output_dir / "resolved.json").read_text())
     assert resolved["artifacts"][0]["weights"] == "best"
+
+    # Resumed from a checkpoint after the best evaluation: that best is kept (its steps do not run again), the
+    # early-stopping count continues, and the export is again the best weights.
+    import shutil
+
+    shutil.rmtree(run.checkpoints_dir / f"checkpoint-{last}")
+    resumed = execute(prepare_run(recipe, pm, tmp_path / "run", resume=True))
+    assert resumed.state["kept"]["step"] == best_step and resumed.state["kept"]["last_step"] == last
+    again = adapter_weights(run.output_dir / "artifacts" / "lora")
+    assert all(torch.equal(again[n], kept[n]) for n in kept), "the resumed run exports the same best weights"

@@ -235,15 +235,26 @@ class BestWeights:
         from transformers import TrainerCallback
 
         class _BestWeights(_BestWeightsBase, TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
-                if state.is_world_process_zero:
-                    self.begin(state.global_step)
+            # transformers calls on_train_begin before it loads a resumed checkpoint's state: the step to resume
+            # from is known at the first step (or evaluation, or the end) instead
+            started = False
+
+            def _start(self, state):
+                if not self.started:
+                    self.started = True
+                    if state.is_world_process_zero:
+                        self.begin(state.global_step)
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                self._start(state)
 
             def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+                self._start(state)
                 if state.is_world_process_zero and metrics and model is not None:
                     self.record(model, state.global_step, state.epoch, metrics)
 
             def on_train_end(self, args, state, control, model=None, **kwargs):
+                self._start(state)
                 if model is not None:
                     self.finish(model, state.global_step)
 
