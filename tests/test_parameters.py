@@ -29,22 +29,27 @@ def _load(folder, four_bit: bool):
                            quantized="4bit" if four_bit else None, adapter=None, extras={}, max_seq_length=128)
 
 
-def _adapt(loaded, options: LoraOptions, caplog):
-    run = SimpleNamespace(logger=logging.getLogger("recipetune.test.params"), state={})
+def _adapt(loaded, options: LoraOptions, caplog, recipe):
+    run = SimpleNamespace(recipe=recipe, logger=logging.getLogger("recipetune.test.params"), state={})
     with caplog.at_level(logging.INFO, logger="recipetune.test.params"):
         LoraAdapter(options).adapt(run, loaded)
     return run
 
 
-def test_a_4bit_model_counts_its_parameters_unpacked(tiny_model_dir, caplog):
+def test_a_4bit_model_counts_its_parameters_unpacked(tiny_model_dir, sharegpt_file, caplog):
     import json
+
+    from recipetune import load_recipe_text
+    from recipetune.testing import tiny_recipe_text
+
+    recipe = load_recipe_text(tiny_recipe_text(tiny_model_dir, sharegpt_file))
 
     options = LoraOptions(r=4, alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                         "down_proj"], gradient_checkpointing=False)
-    full = _adapt(_load(tiny_model_dir, False), options, caplog).state["trainable_parameters"]
+    full = _adapt(_load(tiny_model_dir, False), options, caplog, recipe).state["trainable_parameters"]
     caplog.clear()
     quantized = _load(tiny_model_dir, True)
-    run = _adapt(quantized, options, caplog)
+    run = _adapt(quantized, options, caplog, recipe)
     assert any(type(p).__name__ == "Params4bit" for p in quantized.model.parameters())  # really packed
     # the same model has the same parameters, packed or not; peft's own count (PeftModel only) agrees
     assert run.state["trainable_parameters"] == full
