@@ -178,6 +178,7 @@ def train_model(run, loaded, dataset):
     run.state["distributed"] = job
     if run.recipe.header.distributed.strategy == "fsdp":
         gather_fsdp_model(run, loaded)
+    run.state.pop("hf_trainer", None)  # its optimizer state is not needed by the report and the exports
     return result
 
 

@@ -275,7 +275,8 @@ class SFTTrainer(Trainer):
         trainer = TRLSFTTrainer(model=loaded.model, args=args,
                                 train_dataset=train, eval_dataset=evals, processing_class=loaded.tokenizer,
                                 callbacks=[metrics_callback(run), *evaluation_callbacks(run, self.options, evals is not None)], data_collator=packed.collator if packed else None)
-        run.state["hf_trainer"] = trainer  # distributed.py gathers an FSDP model through its Accelerator
+        if run.world_size > 1:  # distributed.py gathers an FSDP model through its Accelerator, then lets it go
+            run.state["hf_trainer"] = trainer
         from .supervision import supervised_training  # checkpoints, resume, progress, NaN/OOM/disk-full guards
 
         started = time.perf_counter()
