@@ -336,8 +336,10 @@ def _run_one(recipe_path: str, overrides: tuple[str, ...], run: dict[str, Any], 
             child.kill()
         run["status"] = "interrupted"
         write_comparison(folder, state)
-        click.echo(f"\n[sweep] interrupted during {run['name']}; continue with the same command: "
-                   f"recipe sweep {recipe_path} ... --output-dir {folder}", err=True)
+        import shlex
+
+        again = shlex.join(["recipe", *sys.argv[1:]]) if sys.argv[1:2] == ["sweep"] else f"recipe sweep {recipe_path} ..."
+        click.echo(f"\n[sweep] interrupted during {run['name']}; continue with the same command:\n  {again}", err=True)
         sys.exit(130)
     run.pop("pid", None)
     run["seconds"] = round(time.perf_counter() - started + float(run.get("seconds") or 0), 1)
