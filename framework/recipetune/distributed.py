@@ -83,8 +83,19 @@ def init_worker(backend: str = "auto", timeout_minutes: int = 30) -> str | None:
         torch.cuda.set_device(local_rank())
     chosen = ("nccl" if use_cuda else "gloo") if backend == "auto" else backend
     if not dist.is_initialized():
+        import atexit
+
         dist.init_process_group(backend=chosen, timeout=timedelta(minutes=timeout_minutes))
+        atexit.register(_leave_group)
     return chosen
+
+
+def _leave_group() -> None:
+    """At exit: destroy the process group (a local step) so NCCL does not warn about a group left open."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

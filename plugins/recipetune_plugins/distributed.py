@@ -156,8 +156,8 @@ def format_dataset(run, loaded):
 
 @hookimpl(wrapper=True)
 def train_model(run, loaded, dataset):
-    """Several processes: the effective batch and tokens/s of the job and per GPU, and the FSDP model gathered on
-    rank 0 for the exporters."""
+    """Several processes: the effective batch and tokens/s of the job and per GPU, and a sharded (FSDP, ZeRO-3)
+    model gathered on rank 0 for the exporters."""
     if run.world_size <= 1 or run.recipe.train is None:
         return (yield)
     options = run.recipe.train.options
@@ -176,32 +176,44 @@ def train_model(run, loaded, dataset):
         job["tokens_per_second"] = round(tokens / seconds, 1)
         job["tokens_per_second_per_gpu"] = round(tokens / seconds / run.world_size, 1)
     run.state["distributed"] = job
-    if run.recipe.header.distributed.strategy == "fsdp":
-        gather_fsdp_model(run, loaded)
+    if run.recipe.header.distributed.strategy in SHARDING_STRATEGIES:
+        gather_sharded_model(run, loaded)
     run.state.pop("hf_trainer", None)  # its optimizer state is not needed by the report and the exports
     return result
 
 
-def gather_fsdp_model(run, loaded) -> None:
-    """Rank 0 gets a whole model for the report and the exporters: every rank takes part in gathering the
-    sharded weights (Accelerate's ``get_state_dict``), rank 0 loads them into a fresh copy of the model."""
+def gather_sharded_model(run, loaded) -> None:
+    """FSDP or ZeRO-3 sharded the weights: rank 0 gets a whole model for the report and the exporters.
+
+    Every rank takes part in gathering the full state dict (Accelerate's ``get_state_dict``: FSDP's full state
+    dict, DeepSpeed's consolidated 16-bit weights); rank 0 loads the trained weights (the adapter's, or all of them
+    for full fine-tuning) into a fresh copy of the model, loaded and adapted as the recipe says.
+    """
     trainer = run.state.get("hf_trainer")
-    if trainer is None or not getattr(trainer, "is_fsdp_enabled", False):  # on CPUs Accelerate ran it as ddp
+    if trainer is None:
+        return
+    table = run.recipe.header.distributed
+    if getattr(trainer, "is_fsdp_enabled", False):
+        source, what = trainer.model, "fsdp"
+    elif getattr(trainer, "is_deepspeed_enabled", False) and table.zero_stage == 3:
+        source, what = trainer.model_wrapped, "ZeRO-3"
+    else:  # ddp, ZeRO-2, or fsdp on CPUs (run as ddp): every rank holds whole weights already
         return
     started = time.perf_counter()
-    state = trainer.accelerator.get_state_dict(trainer.model)  # a collective: full tensors on rank 0, on the CPU
+    state = trainer.accelerator.get_state_dict(source)  # a collective: full tensors on rank 0
     if not run.is_main:
         return
     whole = run.recipe.load.component.load(run)
     if run.recipe.adapt is not None:
         whole = run.recipe.adapt.component.adapt(run, whole)
-    missing, unexpected = whole.model.load_state_dict(state, strict=False)
     trained = {n for n, p in whole.model.named_parameters() if p.requires_grad}
-    if trained & set(missing) or unexpected:
-        raise UserError(f"the FSDP state dict does not fit the model: missing {sorted(trained & set(missing))[:5]}, "
-                        f"unexpected {sorted(unexpected)[:5]}")
+    wanted = {k: v for k, v in state.items() if k in trained} if run.recipe.adapt is not None else state
+    if trained - set(wanted):
+        raise UserError(f"the gathered {what} weights lack trained parameters of the model: "
+                        f"{sorted(trained - set(wanted))[:5]}")
+    whole.model.load_state_dict(wanted, strict=False)
     loaded.model = whole.model
-    run.logger.info("fsdp: gathered the sharded model on rank 0 in %.1f s", time.perf_counter() - started)
+    run.logger.info("%s: gathered the trained weights on rank 0 in %.1f s", what, time.perf_counter() - started)
 
 
 @hookimpl
