@@ -153,6 +153,9 @@ def add_serve_command(cli: click.Group) -> None:
             serve(model, gguf_type, host, port, api_key_env, threads, n_ctx, seed)
         except UserError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:  # Ctrl-C while the model was still loading
+            click.echo("recipe serve: stopped", err=True)
+            sys.exit(130)
         sys.stdout.flush(), sys.stderr.flush()
         # A stream cut at shutdown may leave llama.cpp finishing one token on a worker thread; leaving
         # without interpreter teardown never frees the model under it. Nothing is left to write.
