@@ -341,7 +341,7 @@ class AutoOptions(Options):
 
 
 class Auto(DatasetFormat):
-    """Detects the format from the first rows (sharegpt, messages, alpaca, prompt_completion, text, in that order)
+    """Detects the format from the first rows (preference, sharegpt, messages, alpaca, prompt_completion, text, in that order)
     and says which it chose. Name the format explicitly when its columns have other names."""
 
     name = "auto"
@@ -352,14 +352,17 @@ class Auto(DatasetFormat):
         """The format that reads most of the first rows (ties go to the earlier candidate)."""
         sample = rows[: self.options.sample_rows]
         best, best_score = None, 0
-        for cls in self.CANDIDATES:
+        from .preference import Preference  # first: UltraFeedback rows also have messages, KTO rows prompt/completion
+
+        candidates = (Preference, *self.CANDIDATES)
+        for cls in candidates:
             fmt = cls()
             score = sum(1 for row in sample if fmt.detect(row) and fmt.standardize(row))
             if score > best_score:
                 best, best_score = fmt, score
         if best is None:
             columns = ", ".join(sorted(rows[0])) if rows else "(no rows)"
-            raise UserError(f"format.standardizer = \"auto\" recognised none of {', '.join(c.name for c in self.CANDIDATES)} "
+            raise UserError(f"format.standardizer = \"auto\" recognised none of {', '.join(c.name for c in candidates)} "
                             f"in the first {len(sample)} rows (columns: {columns}); name the format and its columns, "
                             "e.g. standardizer = { use = \"alpaca\", instruction = \"question\", output = \"answer\" }")
         return best
