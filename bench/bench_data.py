@@ -25,7 +25,8 @@ bench/results/data-<date>.json.
 ``--mixture`` times (b) against the same conversations split into three files of three shapes (ShareGPT,
 OpenAI messages, ShareGPT under other names; 40/35/25 %) read as ``[[format.datasets]]``, mixed by ``concat``
 (same ids as (b), asserted) and by ``weighted`` (every row once, shuffled; same lengths, asserted), each path
-``--repeat`` times in rotating order, and writes bench/results/data-mixture-<date>.json.
+``--repeat`` times in rotating order, timing wall clock and CPU seconds (this process and its workers: steadier
+than wall clock on a shared machine), and writes bench/results/data-mixture-<date>.json.
 """
 
 from __future__ import annotations
@@ -252,6 +253,14 @@ use = "sft"
     return dataset, {"total": time.perf_counter() - t0}
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and of its finished children (the format stage's workers)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def mixture_main(args) -> int:
     """``--mixture``: one dataset against the same conversations as a mixture of three (concat and weighted), the
     three paths run ``--repeat`` times in rotating order (the CPU is shared: medians and ratios, not one run)."""
@@ -268,12 +277,15 @@ def mixture_main(args) -> int:
                  "concat": lambda tok: mixture_way(members, args.n, "concat", tok, args.num_proc, tmp),
                  "weighted": lambda tok: mixture_way(members, args.n, "weighted", tok, args.num_proc, tmp)}
         times: dict[str, list[float]] = {k: [] for k in paths}
+        cpu: dict[str, list[float]] = {k: [] for k in paths}
         reference = None
         names = list(paths)
         for r in range(args.repeat):
             for key in names[r % len(names):] + names[: r % len(names)]:
                 _, tok = load_tokenizer()
+                cpu_before = _cpu_seconds()
                 dataset, t = paths[key](tok)
+                cpu[key].append(_cpu_seconds() - cpu_before)
                 table = dataset.train
                 assert len(table) == args.n, f"{key}: {len(table)} samples of {args.n}: {dataset.stats}"
                 if reference is None:
@@ -286,17 +298,26 @@ def mixture_main(args) -> int:
                 else:  # the same conversations in the same order: the same ids
                     same_ids(table.ids, table.offsets, reference[0], reference[1], args.n, f"{key} vs the first run")
                 times[key].append(t["total"])
-                print(f"run {r + 1} {key}: {t['total']:.1f} s", flush=True)
+                print(f"run {r + 1} {key}: {t['total']:.1f} s wall, {cpu[key][-1]:.1f} s CPU (load average "
+                      f"{os.getloadavg()[0]:.1f})", flush=True)
                 del dataset, table
                 gc.collect()
     median = {k: statistics.median(v) for k, v in times.items()}
     ratios = {k: round(median["single"] / median[k], 3) for k in ("concat", "weighted")}
-    print(f"median single {median['single']:.1f} s, concat {median['concat']:.1f} s, weighted {median['weighted']:.1f} s;"
-          f" single/concat {ratios['concat']:.2f}x, single/weighted {ratios['weighted']:.2f}x (goal >= 1.0x)")
+    median_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    cpu_ratios = {k: round(median_cpu["single"] / median_cpu[k], 3) for k in ("concat", "weighted")}
+    print(f"median wall: single {median['single']:.1f} s, concat {median['concat']:.1f} s, weighted "
+          f"{median['weighted']:.1f} s; single/concat {ratios['concat']:.2f}x, single/weighted {ratios['weighted']:.2f}x")
+    print(f"median CPU:  single {median_cpu['single']:.1f} s, concat {median_cpu['concat']:.1f} s, weighted "
+          f"{median_cpu['weighted']:.1f} s; single/concat {cpu_ratios['concat']:.2f}x, single/weighted "
+          f"{cpu_ratios['weighted']:.2f}x (goal >= 1.0x)")
     result = {"date": dt.date.today().isoformat(), "n": args.n, "num_proc": args.num_proc, "cpus": os.cpu_count(),
               "repeat": args.repeat, "machine": platform.machine(), "load_average": os.getloadavg(),
               "data": shape, "shares": MIXTURE_SHARES, "seconds": {k: [round(x, 2) for x in v] for k, v in times.items()},
               "median_s": {k: round(v, 2) for k, v in median.items()}, "single_over_mixture": ratios,
+              "cpu_seconds": {k: [round(x, 2) for x in v] for k, v in cpu.items()},
+              "median_cpu_s": {k: round(v, 2) for k, v in median_cpu.items()},
+              "single_over_mixture_cpu": cpu_ratios,
               "versions": versions(), "tokenizer": str(folder)}
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"data-mixture-{result['date']}.json"
