@@ -290,3 +290,20 @@ def test_a_port_in_use_is_one_clear_line(tiny_gguf):
         result = run_serve(str(tiny_gguf), "--port", str(port))
     assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "--port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_run_folder_serves_its_most_precise_gguf_or_the_type_asked(tmp_path, tiny_gguf):
+    from recipetune_plugins.gguf.quantize import quantize
+
+    run = tmp_path / "run"
+    folder = run / "artifacts" / "gguf"
+    folder.mkdir(parents=True)
+    f32 = folder / "tiny-f32.gguf"
+    f32.write_bytes(tiny_gguf.read_bytes())
+    q8 = quantize(f32, folder / "tiny-q8_0.gguf", "q8_0", 1)
+    artifacts = [{"kind": "gguf", "path": str(q8)}, {"kind": "gguf", "path": str(f32)}]
+    (run / "resolved.json").write_text(json.dumps({"artifacts": artifacts}))
+    for args, expected in (((), ("tiny-f32", "F32")), (("--type", "q8_0"), ("tiny-q8_0", "Q8_0"))):
+        with ServerProcess(run, "--threads", "1", *args) as srv:
+            status, info, _ = request(srv.url, "GET", "/info")
+            assert status == 200 and (info["id"], info["quantization"]) == expected
