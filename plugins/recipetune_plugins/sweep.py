@@ -219,7 +219,9 @@ def load_state(folder: Path, fresh: dict[str, Any]) -> dict[str, Any]:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """In the child: get SIGTERM when the sweep process dies (Linux), so no run outlives a killed sweep."""
+    """In the child: a process group of its own (a terminal's Ctrl-C reaches the sweep, which passes it on once),
+    and SIGTERM when the sweep process dies (Linux), so no run outlives a killed sweep."""
+    os.setpgid(0, 0)
     try:
         import ctypes
 
@@ -329,11 +331,13 @@ def _run_one(recipe_path: str, overrides: tuple[str, ...], run: dict[str, Any], 
     write_comparison(folder, state)
     try:
         code = child.wait()
-    except KeyboardInterrupt:  # the child got the same Ctrl-C: it writes a checkpoint and stops
+    except KeyboardInterrupt:  # pass it on, once: the run writes a checkpoint and stops
+        child.send_signal(signal.SIGINT)
         try:
-            child.wait(timeout=600)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            child.kill()
+            child.wait()
+        except KeyboardInterrupt:  # Ctrl-C again: the run stops at once
+            child.send_signal(signal.SIGINT)
+            child.wait()
         run["status"] = "interrupted"
         write_comparison(folder, state)
         import shlex
