@@ -55,6 +55,7 @@ def progress_callback(stream: TextIO | None = None, every_s: float | None = None
         def __init__(self) -> None:
             self.mode = style(out)
             self.bar: Any = None
+            self.redirect: Any = None
             self.total = 0
             self.first_step = 0
             self.started = 0.0
@@ -74,9 +75,12 @@ def progress_callback(stream: TextIO | None = None, every_s: float | None = None
             self.started = self.last_line = time.perf_counter()
             if self.mode == "bar":
                 from tqdm.auto import tqdm
+                from tqdm.contrib.logging import logging_redirect_tqdm
 
                 self.bar = tqdm(total=self.total, initial=self.first_step, desc="train", unit="step", file=out,
                                 dynamic_ncols=True, leave=True)
+                self.redirect = logging_redirect_tqdm()  # log lines print above the bar instead of through it
+                self.redirect.__enter__()
 
         def on_step_end(self, args, state, control, **kwargs):
             step = state.global_step
@@ -105,7 +109,7 @@ def progress_callback(stream: TextIO | None = None, every_s: float | None = None
                     postfix = {"loss": f"{self.loss:.4f}"}
                     if self.tokens_per_second is not None:
                         postfix["tok/s"] = f"{self.tokens_per_second:,.0f}"
-                    self.bar.set_postfix(postfix, refresh=False)
+                    self.bar.set_postfix(postfix)  # redraw: the bar shows this step with its own loss
                 if self.pending is not None:
                     self._print(self.pending)
                     self.pending = None
@@ -120,6 +124,9 @@ def progress_callback(stream: TextIO | None = None, every_s: float | None = None
             if self.bar is not None:
                 self.bar.close()
                 self.bar = None
+            if self.redirect is not None:
+                self.redirect.__exit__(None, None, None)
+                self.redirect = None
 
     return Progress()
 
