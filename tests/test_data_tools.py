@@ -307,3 +307,19 @@ def test_llama_factory_sharegpt_tool_format_reads_as_the_openai_one():
     assert messages == openai and tools == openai_tools
     for name in ("llama-3.1", "qwen-2.5"):
         assert ours(name, messages, tools) == official_render(name, messages, **VARIABLES[name], tools=tools)
+
+
+def test_llama32_official_template_renders_tools_like_llama31_with_its_date():
+    """Llama 3.2's official text differs from 3.1's by today's date (and no builtin tools): with the date pinned,
+    the llama-3.1 template renders every tool conversation as it does."""
+    for conv in ROWS:
+        messages, tools = standardized(ROWS[conv])
+        if conv == "parallel_calls":
+            continue  # refused by both (one call at a time)
+        extra = {"tools": tools} if tools else {}
+        for prompt in (False, True):
+            expected = official_render("llama-3.2", as_official(messages), prompt, bos_token="<|begin_of_text|>",
+                                       date_string="25 Nov 2026", **extra)
+            template = ct.Llama31(ct.Llama31.Options(date_string="25 Nov 2026"))
+            assert render(template.template, messages, add_generation_prompt=prompt,
+                          **template_variables(make_tokenizer(), template), **extra) == expected
