@@ -15,6 +15,7 @@ from recipetune import Options, Problem, Trainer, TrainResult, UserError, hookim
 from .distributed import accumulation_steps, trainer_arguments
 from .evaluation import EvaluationOptions, evaluation_arguments, evaluation_callbacks, evaluation_problems
 from .evaluation import after_stage_run  # noqa: F401  (a hook: exported weights say whether they are the best or the last)
+from .supervision import supervised_training
 from .supervision import trainer_arguments as supervision_arguments
 
 
@@ -277,8 +278,6 @@ class SFTTrainer(Trainer):
                                 callbacks=[metrics_callback(run), *evaluation_callbacks(run, self.options, evals is not None)], data_collator=packed.collator if packed else None)
         if run.world_size > 1:  # distributed.py gathers an FSDP model through its Accelerator, then lets it go
             run.state["hf_trainer"] = trainer
-        from .supervision import supervised_training  # checkpoints, resume, progress, NaN/OOM/disk-full guards
-
         started = time.perf_counter()
         train_call = trainer.train
         if on_unsloth:
@@ -288,6 +287,7 @@ class SFTTrainer(Trainer):
             if fast is not None:  # generation before training (samples reporter) may have left it in inference mode
                 fast.for_training(loaded.model)
             train_call = lambda **resume: unsloth_train(trainer, **resume)  # noqa: E731
+        # checkpoints, resume, Ctrl-C, progress, tokens/s and memory, NaN/out-of-memory/full-disk guards
         out = supervised_training(run, loaded, trainer, self.options, precision_flags(self.options.precision), train_call)
         runtime = time.perf_counter() - started
         losses = [(int(m["step"]), m["loss"]) for m in run.read_metrics() if "loss" in m]
