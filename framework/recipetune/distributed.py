@@ -229,11 +229,14 @@ def launch(request: LaunchRequest, worker_args: list[str]) -> LaunchFailure | No
     agent has then stopped the other workers.
     """
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     args = torchrun.parse_args([*request.torchrun_args(), "-m", "recipetune", *worker_args])
     try:
         torchrun.run(args)
+    except SignalException as exc:  # Ctrl-C / SIGTERM: the agent has passed it on to the workers and stopped them
+        raise KeyboardInterrupt(str(exc)) from exc
     except ChildFailedError as exc:
         failed_rank, failure = exc.get_first_failure()
         message = failure.message
@@ -339,7 +342,8 @@ def launch_from_cli(recipe: Any, ctx: Any, launch_params: dict[str, Any]) -> int
     try:
         failure = launch(request, worker_arguments(ctx))
     except KeyboardInterrupt:
-        click.echo("\ninterrupted: every worker was stopped", err=True)
+        click.echo("\ninterrupted: every worker was stopped (each finishes its step and the run saves a checkpoint "
+                   "first); the same command resumes it from there", err=True)
         return 130
     if failure is None:
         return 0
