@@ -435,3 +435,19 @@ def test_rank_0_rebuilds_a_whole_model_from_gathered_sharded_weights(tmp_path, t
     for name, param in trained.model.named_parameters():
         assert torch.equal(rebuilt[name], param), name
     assert any(p.requires_grad for p in rebuilt.values())
+
+
+def test_ctrl_c_in_the_launcher_is_an_interrupt_not_a_traceback(monkeypatch):
+    """torch's elastic agent turns Ctrl-C into a SignalException after passing it on to the workers (which save a
+    checkpoint and stop: measured by hand, docs/distributed.md); the launcher must read it as an interrupt."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from recipetune import distributed
+
+    def interrupted(args):
+        raise SignalException("Process 1 got signal: 2", sigval=2)
+
+    monkeypatch.setattr(torchrun, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distributed.launch(distributed.LaunchRequest(nproc_per_node=2), ["run", "--", "r.toml"])
