@@ -170,6 +170,8 @@ class UnslothBackend(Backend):
                       load_in_4bit=o.load_in_4bit, full_finetuning=o.full_finetuning,
                       token=os.environ.get(o.token_env) or None, trust_remote_code=o.trust_remote_code,
                       revision=o.revision)
+        if run.world_size > 1:  # ddp: each process loads onto its own GPU (its local rank's), not spread over all
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
         try:
             model, tokenizer = FastLanguageModel.from_pretrained(**kwargs)
         except OSError as exc:
