@@ -9,7 +9,6 @@ this module only turns ``[distributed]`` into the Trainer's own arguments (``ddp
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from typing import Any
 
