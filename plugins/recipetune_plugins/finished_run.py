@@ -116,10 +116,12 @@ def rebuild_model(done: FinishedRun, logger: Any = None) -> Loaded:
     trained = done.recipe_data.get("train") is not None
     if merged or not trained:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from .model_sources import load_tokenizer
 
         source = str(merged[0]) if merged else base_source(str(load.get("model")), logger)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = load_tokenizer(source)[0]  # a LlamaTokenizer folder as trained: its tokenizer.json
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True)
         return Loaded(model=model, tokenizer=tokenizer, backend="hf", model_name=source, max_seq_length=max_len,
                       source_dir=Path(source) if Path(source).is_dir() else None)

@@ -122,14 +122,16 @@ class HFChat:
 
     def __init__(self, path: Path, threads: int, seed: int = 0, adapter: bool = False):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from .model_sources import load_tokenizer
 
         torch.set_num_threads(threads)
         if adapter:  # a LoRA folder: its base model with the adapter merged in memory
             model, self.tokenizer, _ = load_with_adapter(path, "float32")
             self.model = model.eval()
             return
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = load_tokenizer(str(path))[0]  # a LlamaTokenizer folder as trained: its tokenizer.json
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True).eval()
 
     def stream(self, messages: list[dict[str, str]], max_tokens: int, temperature: float, seed: int) -> Iterator[str]:
