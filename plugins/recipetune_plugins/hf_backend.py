@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from recipetune import Backend, Loaded, Options, PathOrHubId, Problem, UserError, hookimpl
+from recipetune import Backend, Loaded, Options, PathOrHubId, Problem, RecipePath, UserError, hookimpl
 
 from .distributed import quant_storage_dtype
 from .memory_estimate import fit_problem, recipe_estimate
@@ -41,6 +41,9 @@ class HFOptions(Options):
     """Attention kernel (``sdpa``, ``eager``, ``flash_attention_2``)."""
     token_env: str = "HF_TOKEN"
     """Name of the environment variable holding a Hub token (the token itself never goes into a recipe or log)."""
+    adapter: RecipePath | None = None
+    """Continue from an earlier run's LoRA adapter: its folder (``runs/<name>/<time>/artifacts/lora``) or its run
+    folder, relative to the recipe file; the ``lora`` adapter stage then keeps it (chained_adapter.py)."""
 
     @model_validator(mode="after")
     def _one_quantization(self):
@@ -103,6 +106,12 @@ class HFBackend(Backend):
         message = adapter_as_model_problem(self.options.model)
         if message:
             yield Problem("load.model", message)
+        if self.options.adapter:
+            from .chained_adapter import adapter_problem
+
+            message = adapter_problem(self.options.adapter)
+            if message:
+                yield Problem("load.adapter", message)
 
     def preflight(self, recipe):
         o = self.options
@@ -174,12 +183,17 @@ class HFBackend(Backend):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model.config.use_cache = False
+        extras = {"tokenizer_choice": choice} if choice is not None else {}
+        if o.adapter:  # an earlier run's adapter, trained further (chained_adapter.py)
+            from .chained_adapter import attach
+
+            model, extras["adapter_from"] = attach(run, model, o.adapter, quantized is not None)
         local = local_model_path(source)
         return Loaded(model=model, tokenizer=tokenizer, backend=self.name, model_name=o.model,
                       device="cuda" if on_gpu else "cpu", dtype=str(dtype).replace("torch.", ""),
                       max_seq_length=o.max_seq_length, quantized=quantized,
                       source_dir=local if local is not None and local.is_dir() else None,
-                      extras={"tokenizer_choice": choice} if choice is not None else {})
+                      extras=extras)
 
     def source_folder(self, run) -> str:
         """The folder or Hub id transformers should read (GGUF sources converted once)."""

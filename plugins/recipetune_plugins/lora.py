@@ -98,6 +98,12 @@ class LoraAdapter(Adapter):
         return lines
 
     def adapt(self, run, loaded: Loaded) -> Loaded:
+        if loaded.extras.get("adapter_from") is not None:  # load.adapter: the earlier run's adapter is trained on
+            run.logger.info("adapt: training the adapter from %s (its own r/alpha/target modules; this table's are "
+                            "not used)", loaded.extras["adapter_from"])
+            log_parameters(run, loaded.model, "LoRA (continued)")
+            loaded.adapter = self.name
+            return loaded
         if loaded.backend == "unsloth":
             return self.adapt_unsloth(run, loaded)
         import torch
