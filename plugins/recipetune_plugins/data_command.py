@@ -160,11 +160,14 @@ def register_commands(cli):
         out_dir.mkdir(parents=True, exist_ok=True)
         png = histogram_png(lengths, stats["max_seq_length"], out_dir / "length_histogram.png")
         shown = [dataset.train[i] for i in range(min(n_samples, len(dataset.train)))]
+        from .preference_view import echo_view, preference_view  # preference data: examples as dpo/orpo/kto get them
+
+        pairs = preference_view(recipe, tokenizer, limit, n_samples)
         dropped = {k[len("dropped_"):]: v for k, v in stats.items() if k.startswith("dropped_")}
         if as_json:
             click.echo(json.dumps({
                 "stats": stats, "dropped": dropped, "stop_token_warning": warning, "histogram": hist,
-                "histogram_png": str(png), "dropped_examples": examples,
+                "histogram_png": str(png), "dropped_examples": examples, "preference": pairs,
                 "samples": [{"text": s["text"], "input_ids": s["input_ids"], "labels": s["labels"],
                              "trained": [t for t, on in segments(tokenizer, s) if on]} for s in shown],
             }, indent=2, default=str))
@@ -199,6 +202,8 @@ def register_commands(cli):
         for line in histogram_text(hist):
             click.echo(line)
         click.echo(f"histogram: {png}")
+        if pairs is not None:
+            echo_view(pairs, color)
 
 
 def _lengths(part: Any) -> list[int]:
