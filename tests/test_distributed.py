@@ -280,6 +280,10 @@ def test_launch_preflight_names_what_this_machine_rules_out(tmp_path, tiny_model
         return [p.render() for p in locate_problems(recipe, distributed.launch_problems(recipe, request, flag=flag))]
 
     assert launch_problems(2) == []  # 2 gloo processes on a CPU: allowed (these tests)
+    recipe = load_recipe_text(_recipe(tiny_model_dir, sharegpt_file))
+    several = [p.render() for p in distributed.launch_problems(recipe, distributed.LaunchRequest(1, nnodes=2, node_rank=2), True)]
+    assert any("--nnodes 2 needs --rdzv-endpoint" in p for p in several)
+    assert any("--node-rank 2 is not below --nnodes 2" in p for p in several)
     # deepspeed is not installed here (nor is a GPU): both are named, at the strategy's line
     found = launch_problems(2, distributed='strategy = "deepspeed"')
     assert any("needs the deepspeed package" in p for p in found) and any("needs NVIDIA GPUs" in p for p in found)

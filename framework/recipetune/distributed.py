@@ -272,6 +272,11 @@ def launch_problems(recipe: Any, request: LaunchRequest, flag: bool) -> list[Any
 
     table = recipe.header.distributed
     problems = []
+    if request.nnodes > 1 and not request.rdzv_endpoint:
+        problems.append(Problem("", f"--nnodes {request.nnodes} needs --rdzv-endpoint HOST:PORT: where the machines "
+                                "meet (node 0's address and a free port)"))
+    if request.node_rank is not None and request.node_rank >= request.nnodes:
+        problems.append(Problem("", f"--node-rank {request.node_rank} is not below --nnodes {request.nnodes}"))
     gpus = cuda_device_count()
     if gpus and request.nproc_per_node > gpus:
         where = f"--nproc-per-node {request.nproc_per_node}: " if flag else ""
