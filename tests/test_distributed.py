@@ -271,17 +271,18 @@ def test_impossible_distributed_settings_are_recipe_errors_at_their_line(recipe_
 
 
 def test_launch_preflight_names_what_this_machine_rules_out(tmp_path, tiny_model_dir, sharegpt_file, monkeypatch):
-    from recipetune import distributed, load_recipe_text
+    from recipetune import launcher
+    from recipetune import load_recipe_text
     from recipetune.recipe.loader import locate_problems
 
     def launch_problems(nproc, flag=True, **parts):
         recipe = load_recipe_text(_recipe(tiny_model_dir, sharegpt_file, **parts), file="r.toml")
-        request = distributed.LaunchRequest(nproc_per_node=nproc)
-        return [p.render() for p in locate_problems(recipe, distributed.launch_problems(recipe, request, flag=flag))]
+        request = launcher.LaunchRequest(nproc_per_node=nproc)
+        return [p.render() for p in locate_problems(recipe, launcher.launch_problems(recipe, request, flag=flag))]
 
     assert launch_problems(2) == []  # 2 gloo processes on a CPU: allowed (these tests)
     recipe = load_recipe_text(_recipe(tiny_model_dir, sharegpt_file))
-    several = [p.render() for p in distributed.launch_problems(recipe, distributed.LaunchRequest(1, nnodes=2, node_rank=2), True)]
+    several = [p.render() for p in launcher.launch_problems(recipe, launcher.LaunchRequest(1, nnodes=2, node_rank=2), True)]
     assert any("--nnodes 2 needs --rdzv-endpoint" in p for p in several)
     assert any("--node-rank 2 is not below --nnodes 2" in p for p in several)
     # deepspeed is not installed here (nor is a GPU): both are named, at the strategy's line
@@ -291,7 +292,7 @@ def test_launch_preflight_names_what_this_machine_rules_out(tmp_path, tiny_model
     assert any("global_batch_size = 4 is not a multiple" in p and "2 x 3 = 6" in p
                for p in launch_problems(3, train="global_batch_size = 4"))
     # a machine with one GPU (mocked: this machine has none) cannot run two processes
-    monkeypatch.setattr(distributed, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(launcher, "cuda_device_count", lambda: 1)
     assert any("--nproc-per-node 2: 2 processes per node is more than the 1 GPU(s) this machine has" in p
                for p in launch_problems(2))
     text = _recipe(tiny_model_dir, sharegpt_file, distributed="nproc_per_node = 2")
@@ -311,22 +312,22 @@ def test_recipe_run_refuses_deepspeed_before_starting_any_worker(tmp_path, tiny_
 def test_workers_get_the_command_line_without_the_launcher_options():
     import click
 
-    from recipetune import distributed
+    from recipetune import launcher
     from recipetune.cli import cli
 
     command = cli.commands["run"]
     ctx = command.make_context("run", ["r.toml", "train.max_steps=5", "--output-dir", "out", "--resume",
                                        "--nproc-per-node", "2", "--nnodes", "2", "--node-rank", "1",
                                        "--rdzv-endpoint", "10.0.0.1:29500"])
-    args = distributed.worker_arguments(ctx)
+    args = launcher.worker_arguments(ctx)
     assert args[0] == "run" and args[-3:] == ["--", "r.toml", "train.max_steps=5"]
     assert "--resume" in args and args[args.index("--output-dir") + 1] == "out"
     assert not any(a.startswith(("--nproc", "--nnodes", "--node-rank", "--rdzv")) for a in args)
-    request = distributed.launch_request(type("R", (), {"header": type("H", (), {"distributed": type("D", (), {"nproc_per_node": None})})})(),
+    request = launcher.launch_request(type("R", (), {"header": type("H", (), {"distributed": type("D", (), {"nproc_per_node": None})})})(),
                                          ctx.params)
     assert request.torchrun_args() == ["--nproc-per-node", "2", "--nnodes", "2", "--rdzv-endpoint", "10.0.0.1:29500",
                                        "--rdzv-backend", "static", "--node-rank", "1"]
-    assert distributed.LaunchRequest(nproc_per_node=4).torchrun_args() == ["--nproc-per-node", "4", "--standalone"]
+    assert launcher.LaunchRequest(nproc_per_node=4).torchrun_args() == ["--nproc-per-node", "4", "--standalone"]
     assert isinstance(ctx, click.Context)
 
 
@@ -447,11 +448,11 @@ def test_ctrl_c_in_the_launcher_is_an_interrupt_not_a_traceback(monkeypatch):
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
-    from recipetune import distributed
+    from recipetune import launcher
 
     def interrupted(args):
         raise SignalException("Process 1 got signal: 2", sigval=2)
 
     monkeypatch.setattr(torchrun, "run", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        distributed.launch(distributed.LaunchRequest(nproc_per_node=2), ["run", "--", "r.toml"])
+        launcher.launch(launcher.LaunchRequest(nproc_per_node=2), ["run", "--", "r.toml"])

@@ -172,11 +172,11 @@ def run(recipe_path: str, overrides: tuple[str, ...], output_dir: str | None, re
     if resume and not output_dir and recipe.header.output_dir is None:
         click.echo("error: --resume needs --output-dir (or output_dir in the recipe): the run folder to continue", err=True)
         sys.exit(EXIT_PROBLEMS)
-    from . import distributed
+    from . import distributed, launcher
 
-    if distributed.wants_launch(recipe, launch):  # several processes: torch.distributed.run starts them
-        sys.exit(distributed.launch_from_cli(recipe, click.get_current_context(), launch))
-    output_dir = distributed.join_job(recipe, output_dir)  # a worker of a job: its group, rank 0's run folder
+    if launcher.wants_launch(recipe, launch):  # several processes: torch.distributed.run starts them
+        sys.exit(launcher.launch_from_cli(recipe, click.get_current_context(), launch))
+    output_dir = launcher.join_job(recipe, output_dir)  # a worker of a job: its group, rank 0's run folder
     _log_to_stderr()
     distributed.quiet_other_ranks()
     from .runner import execute, prepare_run
