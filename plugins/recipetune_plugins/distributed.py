@@ -1,8 +1,8 @@
 """Several processes / GPUs for the built-in trainer: ``ddp``, ``fsdp`` (FSDP2) and ``deepspeed`` (ZeRO) through
 transformers' Trainer and Accelerate, the global batch, the format stage run once, the job's throughput.
 
-The launching and the process group live in the core (``recipetune.launcher`` over ``torch.distributed.run``, ``recipetune.distributed``);
-this module only turns ``[distributed]`` into the Trainer's own arguments (``ddp_*``, ``fsdp`` / ``fsdp_config``,
+The launching and the process group live in the core (``recipetune.launcher`` over ``torch.distributed.run``,
+``recipetune.distributed``); this module only turns ``[distributed]`` into the Trainer's own arguments (``ddp_*``, ``fsdp`` / ``fsdp_config``,
 ``deepspeed``) and observes the stages through hooks. Nothing here communicates by itself except through
 ``torch.distributed`` collectives (a barrier around the format stage, the FSDP state dict gathered by Accelerate).
 """
