@@ -103,7 +103,7 @@ def test_a_folder_that_is_not_a_run_folder_is_never_written_or_deleted(tmp_path,
     assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
 
 
-def test_cli_refuses_a_used_folder_in_one_line_and_fresh_starts_over(cli, tmp_path, make_recipe):
+def test_cli_refuses_a_used_folder_in_one_line_and_keeps_it(cli, tmp_path, make_recipe):
     recipe = make_recipe()
     folder = earlier_run(tmp_path / "run", recipe, finished=True)
     path = tmp_path / "r.toml"
