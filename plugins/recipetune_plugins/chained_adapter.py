@@ -4,8 +4,8 @@ The value is an adapter folder (``runs/quickstart/<time>/artifacts/lora``) or a 
 used). The hf backend loads the base model as usual, then the adapter on it, trainable: the ``lora`` adapter stage
 keeps it (its own ``r``/``alpha``/``target_modules`` are the earlier run's), the trainer trains it further and the
 exports write the base + this adapter, so ``artifacts/lora`` of the new run loads on the same base model as the
-earlier one. ``Loaded.extras["adapter_from"]`` says where it came from (the preference trainers load a frozen copy
-of it as their reference model).
+earlier one. ``Loaded.extras["adapter_from"]`` says where it came from. The preference trainers' reference is a frozen copy
+of this adapter (TRL adds it), so DPO after SFT is measured against the SFT model.
 """
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ ending with the stop token), runs through :func:`.supervision.supervised_trainin
 ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``...) to ``metrics.jsonl``; the report gets a
 "Preference training" block with the first and last margins and a PNG (:mod:`.preference_report`).
 
-The reference model of dpo and kto is the model itself with its LoRA adapter disabled (TRL does this for a peft
-model), so no second copy of the weights is loaded. After an SFT run (``load.adapter``) the adapter being trained
-*is* the SFT adapter, so a frozen copy of it, named ``ref``, is loaded beside it (a few MB) and TRL switches to it
-for the reference pass: the reference is the SFT model, as DPO expects. Full fine-tuning (no ``[adapt]``) would
-need a second copy of the model; it is refused with a clear message.
+The reference model of dpo and kto is the model itself under a frozen copy of its LoRA adapter, named ``ref``
+(TRL 1.16 adds it for a peft model): a fresh adapter starts at zero, so the reference is the base model; after an SFT
+run (``load.adapter``) it is the SFT model, as DPO expects. Only the adapter is copied (a few MB), never the model's
+weights; the copy is removed after training, so exports write the trained adapter alone. Full fine-tuning (no
+``[adapt]``) would need a second copy of the model; it is refused with a clear message.
 """
 
 from __future__ import annotations
@@ -100,6 +100,15 @@ def _to_dataset(examples: list[dict[str, Any]], keys: tuple[str, ...]):
     from datasets import Dataset
 
     return Dataset.from_dict({k: [e[k] for e in examples] for k in keys})
+
+
+def drop_reference_adapter(run, model) -> None:
+    """Remove the frozen ``ref`` copy TRL added beside the trained adapter (peft would save both)."""
+    config = getattr(model, "peft_config", None)
+    if isinstance(config, dict) and "ref" in config and "default" in config:
+        model.delete_adapter("ref")
+        model.set_adapter("default")
+        run.logger.info("preference training: the reference adapter copy is removed; exports hold the trained adapter")
 
 
 class PreferenceTrainer(Trainer):
@@ -203,7 +212,6 @@ class PreferenceTrainer(Trainer):
         fast = loaded.extras.get("unsloth")
         if fast is not None:
             fast.for_training(loaded.model)
-        reference = self.attach_reference(run, loaded) if self.needs_reference else None
         trainer = self.trainer_class()(model=loaded.model, args=args, train_dataset=train, eval_dataset=evals,
                                        processing_class=loaded.tokenizer, callbacks=[metrics_callback(run)])
         from .supervision import supervised_training
@@ -212,8 +220,7 @@ class PreferenceTrainer(Trainer):
         try:
             out = supervised_training(run, loaded, trainer, self.options, precision_flags(self.options.precision))
         finally:
-            if reference is not None:
-                loaded.model.delete_adapter(reference)  # exports save the trained adapter alone
+            drop_reference_adapter(run, loaded.model)
         runtime = time.perf_counter() - started
         metrics = run.read_metrics()
         add_report_block(run, self.name, metrics, stats)
@@ -222,18 +229,6 @@ class PreferenceTrainer(Trainer):
             loaded.model.config.use_cache = True
         return TrainResult(steps=out.global_step, train_loss=out.training_loss, runtime_s=runtime, losses=losses,
                            checkpoint_dir=run.checkpoints_dir, extras={"metrics": out.metrics, "preference": stats})
-
-    def attach_reference(self, run, loaded) -> str | None:
-        """After an SFT run the trained adapter is the SFT adapter: load a frozen copy named ``ref`` (TRL uses it for
-        the reference pass); a fresh adapter needs none (disabled, the model is the reference)."""
-        source = loaded.extras.get("adapter_from")
-        if source is None or not hasattr(loaded.model, "load_adapter"):
-            return None
-        loaded.model.load_adapter(str(source), adapter_name="ref", is_trainable=False)
-        loaded.model.set_adapter("default")
-        run.logger.info("%s: the reference model is the SFT adapter from %s (a frozen copy named 'ref')", self.name, source)
-        return "ref"
-
 
 class DPOTrainer(PreferenceTrainer):
     """Direct Preference Optimization (TRL's DPOTrainer): prefers chosen over rejected, relative to the reference."""
