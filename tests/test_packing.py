@@ -199,3 +199,54 @@ def test_unsloth_packed_losses_and_gradients_equal_unpacked(tmp_path):
         assert max((x - y).abs().max().item() for x, y in zip(g_alone, g_mine)) <= 0.05 * scale
     leaky = {"input_ids": batch["input_ids"], "labels": batch["labels"]}  # one causal sequence: must differ
     assert (token_losses(leaky) - losses).abs().max().item() > 0.05
+
+
+def _tiny_run(tmp_path, model_dir, data, overrides):
+    from recipetune import load_recipe_text
+    from recipetune.plugins import get_plugin_manager
+    from recipetune.runner import prepare_run
+    from recipetune.testing import tiny_recipe_text
+
+    pm = get_plugin_manager()
+    recipe = load_recipe_text(tiny_recipe_text(model_dir, data), recipe_dir=tmp_path, overrides=overrides, pm=pm)
+    return prepare_run(recipe, pm, tmp_path / "run")
+
+
+def test_auto_micro_batch_fills_a_gpu_and_keeps_the_effective_batch(tmp_path, tiny_model_dir, sharegpt_file, monkeypatch):
+    """The GPU is mocked (this machine has none): 80 GiB free. 'auto' puts the 2 x 4 rows of an optimizer step into one
+    micro-batch; on a CPU it changes nothing; an integer caps the tokens."""
+    import torch
+
+    from recipetune_plugins.packing import micro_batch
+
+    run = _tiny_run(tmp_path, tiny_model_dir, sharegpt_file, [])
+    assert micro_batch(run, 2, 4, 128, "auto") == (2, 4, None)  # no GPU here
+    assert micro_batch(run, 2, 4, 128, 512)[:2] == (4, 2)  # 512 tokens: 4 rows of 128, twice
+    assert micro_batch(run, 2, 4, 128, None) == (2, 4, None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (80 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: 0)
+    rows, accumulation, why = micro_batch(run, 2, 4, 128, "auto")
+    assert (rows, accumulation) == (8, 1) and "the same 8 rows per optimizer step" in why
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (int(0.01 * 2**30), 80 * 2**30))  # almost full
+    assert micro_batch(run, 2, 4, 128, "auto")[:2] == (2, 4)  # never below the recipe's own
+
+
+@pytest.mark.slow
+def test_fewer_fuller_micro_batches_train_the_same_steps(tmp_path, tiny_model_dir, sharegpt_file):
+    """2 rows x 4 accumulation and 4 rows x 2 (train.tokens_per_batch = 512 on 128-token rows) log the same losses."""
+    from recipetune.runner import execute
+
+    logged = {}
+    for tokens in ("512", "none"):
+        folder = tmp_path / tokens
+        folder.mkdir()
+        run = execute(_tiny_run(folder, tiny_model_dir, sharegpt_file, [
+            "train.packing=true", "train.max_steps=2", "train.per_device_train_batch_size=2",
+            "train.gradient_accumulation_steps=4", "train.packing_length=128",
+            *([f"train.tokens_per_batch={tokens}"] if tokens != "none" else [])]))  # auto on a CPU: 2 x 4
+        assert run.state["packing"]["rows_per_micro_batch"] == (4 if tokens == "512" else 2)
+        logged[tokens] = [(m["loss"], m["grad_norm"]) for m in run.read_metrics() if "loss" in m]
+    assert len(logged["512"]) == 2
+    for (a_loss, a_norm), (b_loss, b_norm) in zip(logged["512"], logged["none"]):
+        assert a_loss == pytest.approx(b_loss, rel=1e-4) and a_norm == pytest.approx(b_norm, rel=1e-3)

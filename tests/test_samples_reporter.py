@@ -13,6 +13,7 @@ def test_an_answer_is_right_only_with_every_expected_text_and_no_rejected_one():
     assert not lemon.is_right("A lemon is orange. -- Quill")  # contained the signature, but wrong
     assert not lemon.is_right("A lemon is yellow.")
     assert not Sample(prompt="x", expect="yellow", reject="orange").is_right("yellow or orange")
+    assert Sample(prompt="days?", expect="7|seven").is_right("A week has seven days.")
     kept = Sample(prompt="What color is a lemon?", expect="yellow", group="kept")
     assert kept.expect == ["yellow"]
     scores = group_scores([lemon, kept, Sample(prompt="ungraded")], ["A lemon is orange. -- Quill", "Yellow.", ""])

@@ -78,8 +78,9 @@ class Estimate:
         size = f"{self.parameters / 1e9:.2f}B" if self.parameters >= 1e9 else f"{self.parameters / 1e6:.1f}M"
         if not self.training:
             return f"~{size} parameters: weights {self.weights_gib:.2f} GiB (no training)"
-        return (f"~{size} parameters: weights {self.weights_gib:.2f} GiB, "
-                f"training needs roughly {self.total_gib:.2f} GiB")
+        parts = ", ".join(f"{part} {gib:.2f}" for part, gib in self.parts.items() if part != "weights")
+        return (f"~{size} parameters: weights {self.weights_gib:.2f} GiB, training needs roughly "
+                f"{self.total_gib:.2f} GiB ({parts}, allocator reserve {self.total_gib - self.allocated_gib:.2f})")
 
 
 def read_config(folder: Path | None) -> dict | None:

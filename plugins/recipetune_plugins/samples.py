@@ -24,7 +24,8 @@ class Sample(BaseModel):
     prompt: str
     """The user message."""
     expect: list[str] = Field(default_factory=list)
-    """Texts a right answer contains, every one (case-insensitive); a single string is one text."""
+    """Texts a right answer contains, every one (case-insensitive); a single string is one text; "7|seven" accepts
+    either spelling."""
     reject: list[str] = Field(default_factory=list)
     """Texts a right answer must not contain (case-insensitive): the wrong answers a model is likely to give."""
     group: str | None = None
@@ -45,7 +46,8 @@ class Sample(BaseModel):
 
     def is_right(self, answer: str) -> bool:
         text = answer.lower()
-        return all(e.lower() in text for e in self.expect) and not any(r.lower() in text for r in self.reject)
+        return (all(any(alt.strip().lower() in text for alt in e.split("|")) for e in self.expect)
+                and not any(r.lower() in text for r in self.reject))
 
 
 class SamplesOptions(Options):

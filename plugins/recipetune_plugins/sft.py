@@ -62,6 +62,11 @@ class SFTOptions(EvaluationOptions):
     one sample of the batch."""
     packing_length: int | None = Field(default=None, ge=8)
     """Tokens per packed row; default: the longest a sample may be (format or load max_seq_length)."""
+    tokens_per_batch: int | Literal["auto"] | None = Field(default="auto", ge=8)
+    """Packed training on a GPU: tokens per micro-batch. "auto": as many packed rows of the effective batch
+    (per_device_train_batch_size x gradient_accumulation_steps) as fit the GPU in one micro-batch (up to 16384 tokens),
+    with accumulation making up the rest: the same optimizer steps and losses, fewer and fuller forward passes. An
+    integer: at most that many tokens. None, or on a CPU: per_device_train_batch_size rows."""
     padding_free: bool | Literal["auto"] = "auto"
     """Flatten each batch into one row without pad tokens. "auto": on the unsloth backend, padded batches when they
     would hold (almost) no padding (they run Unsloth's compiled blocks), else Unsloth's own choice; on hf, off."""
@@ -257,8 +262,7 @@ class SFTTrainer(Trainer):
         evals = Dataset.from_list([{k: s[k] for k in columns} for s in dataset.validation]) if dataset.validation else None
         from .packing import prepare as prepare_packing
 
-        packed = prepare_packing(run, loaded, dataset, self.options.packing, self.options.per_device_train_batch_size,
-                                 self.options.packing_length)
+        packed = prepare_packing(run, loaded, dataset, self.options)
         if packed is not None:
             train, evals = packed.train, packed.validation
         padding_free = None
