@@ -97,8 +97,10 @@ class PreferenceOptions(Options):
 
 
 class Preference(DatasetFormat):
-    """Preference rows for dpo/orpo/kto: prompt/chosen/rejected (plain strings or message lists, UltraFeedback's
-    whole conversations too) and unpaired prompt/completion/label rows."""
+    """Preference rows for dpo/orpo/kto: prompt/chosen/rejected (plain, conversational, UltraFeedback), or prompt/completion/label.
+
+    Chosen and rejected are strings or message lists; UltraFeedback's whole conversations are split at the turns
+    they share. Unpaired rows (completion and a boolean label) are for kto."""
 
     name = "preference"
     also_known_as = ("dpo", "ultrafeedback")

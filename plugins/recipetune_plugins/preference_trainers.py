@@ -271,8 +271,10 @@ class DPOTrainer(PreferenceTrainer):
 
 
 class ORPOTrainer(PreferenceTrainer):
-    """Odds Ratio Preference Optimization (TRL's experimental ORPOTrainer): the chosen answer's likelihood plus an
-    odds-ratio term against the rejected one; no reference model, so it can start from the base model."""
+    """Odds Ratio Preference Optimization (TRL's experimental ORPOTrainer); no reference model.
+
+    The chosen answer's likelihood plus an odds-ratio term against the rejected one, so it can start from a base
+    model."""
 
     name = "orpo"
     Options = ORPOOptions
@@ -316,8 +318,9 @@ class ORPOTrainer(PreferenceTrainer):
 
 
 class KTOTrainer(PreferenceTrainer):
-    """Kahneman-Tversky Optimization (TRL's KTOTrainer): desirable and undesirable answers, paired or not (a pair
-    gives one of each)."""
+    """Kahneman-Tversky Optimization (TRL's KTOTrainer): desirable and undesirable answers, paired or not.
+
+    A pair gives one desirable and one undesirable answer to its prompt."""
 
     name = "kto"
     Options = KTOOptions
