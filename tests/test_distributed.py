@@ -282,7 +282,8 @@ def test_launch_preflight_names_what_this_machine_rules_out(tmp_path, tiny_model
 
     assert launch_problems(2) == []  # 2 gloo processes on a CPU: allowed (these tests)
     recipe = load_recipe_text(_recipe(tiny_model_dir, sharegpt_file))
-    several = [p.render() for p in launcher.launch_problems(recipe, launcher.LaunchRequest(1, nnodes=2, node_rank=2), True)]
+    several = [p.render() for p in launcher.command_line_problems(launcher.LaunchRequest(1, nnodes=2, node_rank=2))]
+    assert launcher.launch_problems(recipe, launcher.LaunchRequest(1, nnodes=2), True) == []  # a worker's view
     assert any("--nnodes 2 needs --rdzv-endpoint" in p for p in several)
     assert any("--node-rank 2 is not below --nnodes 2" in p for p in several)
     # deepspeed is not installed here (nor is a GPU): both are named, at the strategy's line

@@ -85,6 +85,8 @@ def launch(request: LaunchRequest, worker_args: list[str]) -> LaunchFailure | No
         message = str(message).removeprefix(f"{WorkerError.__name__}: ")
         if failure.exitcode < 0 and "Signal" not in str(message):
             message = f"killed by signal {-failure.exitcode} ({failure.signal_name()})"
+        elif "To enable traceback" in str(message):  # no error file: it failed outside a stage (recipe problems...)
+            message = "it ended without an error report: its own message is printed above"
         return LaunchFailure(int(failed_rank), failure.exitcode, str(message))
     return None
 
@@ -105,11 +107,6 @@ def launch_problems(recipe: Any, request: LaunchRequest, flag: bool) -> list[Any
 
     table = recipe.header.distributed
     problems = []
-    if request.nnodes > 1 and not request.rdzv_endpoint:
-        problems.append(Problem("", f"--nnodes {request.nnodes} needs --rdzv-endpoint HOST:PORT: where the machines "
-                                "meet (node 0's address and a free port)"))
-    if request.node_rank is not None and request.node_rank >= request.nnodes:
-        problems.append(Problem("", f"--node-rank {request.node_rank} is not below --nnodes {request.nnodes}"))
     gpus = cuda_device_count()
     if gpus and request.nproc_per_node > gpus:
         where = f"--nproc-per-node {request.nproc_per_node}: " if flag else ""
@@ -134,6 +131,19 @@ def launch_problems(recipe: Any, request: LaunchRequest, flag: bool) -> list[Any
     if global_batch and global_batch % (train.per_device_train_batch_size * request.world_size):
         problems.append(Problem("train.global_batch_size", global_batch_message(
             global_batch, train.per_device_train_batch_size, request.world_size)))
+    return problems
+
+
+def command_line_problems(request: LaunchRequest) -> list[Any]:
+    """Launcher options that do not go together (checked where ``recipe run`` launches, not in the workers)."""
+    from .problems import Problem
+
+    problems = []
+    if request.nnodes > 1 and not request.rdzv_endpoint:
+        problems.append(Problem("", f"--nnodes {request.nnodes} needs --rdzv-endpoint HOST:PORT: where the machines "
+                                "meet (node 0's address and a free port)"))
+    if request.node_rank is not None and request.node_rank >= request.nnodes:
+        problems.append(Problem("", f"--node-rank {request.node_rank} is not below --nnodes {request.nnodes}"))
     return problems
 
 
@@ -169,7 +179,8 @@ def launch_from_cli(recipe: Any, ctx: Any, launch_params: dict[str, Any]) -> int
     from .recipe.loader import locate_problems
 
     request = launch_request(recipe, launch_params)
-    problems = locate_problems(recipe, launch_problems(recipe, request, flag=launch_params.get("nproc_per_node") is not None))
+    problems = [*command_line_problems(request), *locate_problems(
+        recipe, launch_problems(recipe, request, flag=launch_params.get("nproc_per_node") is not None))]
     if problems:
         _print_problems(problems)
     if any(p.severity == "error" for p in problems):
