@@ -144,4 +144,19 @@ def test_checkpoint_completeness_and_retention(tmp_path):
         checkpoints.mark_complete(folder, step)
     removed = checkpoints.rotate(root, keep=2, protect=(root / "checkpoint-2",))
     assert [p.name for p in removed] == ["checkpoint-4", "checkpoint-6"]
-    assert [p.name for p in checkpoints.checkpoint_folders(root)] == ["checkpoint-2", "checkpoint-8"]
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2", "checkpoint-8"]
+    (root / ".deleting-checkpoint-6").mkdir()  # a deletion killed after its rename
+    checkpoints.discard_incomplete(root)
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2", "checkpoint-8"]
+
+
+def test_checkpoints_of_a_recipetune_without_manifests_still_resume(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step, state in ((2, '{"global_step": 2}'), (4, '{"global_step": 4}'), (6, '{"global_st')):
+        folder = root / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "adapter_model.safetensors").write_bytes(b"x")
+        (folder / "trainer_state.json").write_text(state)  # written last by transformers; 6 was cut by a kill
+    (root / "checkpoint-8").mkdir()  # killed before its trainer_state.json
+    assert checkpoints.newest_complete(root).name == "checkpoint-4"
+    assert [p.name for p in checkpoints.discard_incomplete(root)] == ["checkpoint-6", "checkpoint-8"]

@@ -6,9 +6,13 @@ files: ``recipetune-checkpoint.json`` lists every file with its size, and is its
 file, fsync, rename). A folder without a manifest, or whose files no longer match it (a deletion that was killed
 half-way), is incomplete: it is never resumed from, and :func:`discard_incomplete` removes it.
 
-Deleting goes the other way round: the manifest first, then the files, so a killed deletion leaves an incomplete
-folder, never a "complete" one with files missing. Nothing here imports torch: ``recipe run`` decides how to open a
-run folder before any heavy library loads.
+Deleting renames the folder to ``.deleting-checkpoint-<step>`` first (one atomic rename), so a killed deletion
+never leaves a ``checkpoint-<step>`` folder with files missing; the leftovers are removed with the incomplete ones.
+
+Checkpoints written before manifests existed (a run folder of an older recipetune: no checkpoint in it has one)
+count as complete when their ``trainer_state.json`` -- the file transformers writes last -- reads back with the
+folder's step. Nothing here imports torch: ``recipe run`` decides how to open a run folder before any heavy
+library loads.
 """
 
 from __future__ import annotations
@@ -101,9 +105,21 @@ def is_complete(folder: Path) -> bool:
     return True
 
 
+def _complete_without_manifest(folder: Path) -> bool:
+    """A checkpoint of a recipetune without manifests: its ``trainer_state.json`` (written last) is whole."""
+    try:
+        state = json.loads((Path(folder) / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("global_step") == checkpoint_step(folder)
+
+
 def complete_checkpoints(root: Path) -> list[Path]:
     """The complete checkpoints under ``root``, oldest first."""
-    return [p for p in checkpoint_folders(root) if is_complete(p)]
+    folders = checkpoint_folders(root)
+    if folders and not any((p / MANIFEST).exists() for p in folders):  # written before manifests existed
+        return [p for p in folders if _complete_without_manifest(p)]
+    return [p for p in folders if is_complete(p)]
 
 
 def newest_complete(root: Path) -> Path | None:
@@ -113,10 +129,16 @@ def newest_complete(root: Path) -> Path | None:
 
 
 def remove_checkpoint(folder: Path) -> None:
-    """Delete a checkpoint folder: its manifest first, so a killed deletion never leaves a 'complete' remnant."""
+    """Delete a checkpoint folder: renamed away first, so a killed deletion never leaves a half-deleted checkpoint."""
     folder = Path(folder)
-    (folder / MANIFEST).unlink(missing_ok=True)
-    shutil.rmtree(folder, ignore_errors=True)
+    doomed = folder.with_name(f".deleting-{folder.name}")
+    try:
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(folder, doomed)
+    except OSError:
+        (folder / MANIFEST).unlink(missing_ok=True)
+        doomed = folder
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def discard_incomplete(root: Path) -> list[Path]:
@@ -124,11 +146,15 @@ def discard_incomplete(root: Path) -> list[Path]:
 
     Returns the folders removed. Called when a run folder is opened again, before training resumes.
     """
+    complete = set(complete_checkpoints(root))
     removed = []
     for folder in checkpoint_folders(root):
-        if not is_complete(folder):
+        if folder not in complete:
             remove_checkpoint(folder)
             removed.append(folder)
+    if Path(root).is_dir():
+        for leftover in Path(root).glob(".deleting-checkpoint-*"):  # a deletion that was killed
+            shutil.rmtree(leftover, ignore_errors=True)
     return removed
 
 
