@@ -89,7 +89,8 @@ def test_a_killed_sweep_continues_with_the_unfinished_runs(tmp_path, tiny_model_
     assert [r["status"] for r in _state(folder)["runs"]] == ["done", "running", "pending", "pending"]
 
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    logs = "".join(f"\n--- {p}:\n" + p.read_text()[-1500:] for p in folder.glob("*/run.log"))
+    assert result.returncode == 0, (result.stderr[-1500:], result.stdout, logs)
     assert f"[sweep] {first.name}: finished before, skipped" in result.stderr
     assert (first / "report.md").stat().st_mtime_ns == finished_at, "a finished run is not run again"
     state = _state(folder)
