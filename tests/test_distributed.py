@@ -457,3 +457,24 @@ def test_ctrl_c_in_the_launcher_is_an_interrupt_not_a_traceback(monkeypatch):
     monkeypatch.setattr(torchrun, "run", interrupted)
     with pytest.raises(KeyboardInterrupt):
         launcher.launch(launcher.LaunchRequest(nproc_per_node=2), ["run", "--", "r.toml"])
+
+
+def test_packed_training_keeps_the_global_batch(tmp_path, tiny_model_dir, sharegpt_file):
+    """Packing re-splits each optimizer step into micro-batches: it starts from the accumulation the global batch
+    asks for (12 = 2 per device x 6), not from gradient_accumulation_steps' default (4)."""
+    from recipetune import load_recipe_text
+    from recipetune.data.pipeline import build_dataset
+    from recipetune.plugins import get_plugin_manager
+    from recipetune.runner import prepare_run
+    from recipetune_plugins.packing import prepare
+
+    pm = get_plugin_manager()
+    recipe = load_recipe_text(_recipe(tiny_model_dir, sharegpt_file, train="global_batch_size = 12\npacking = true\n"
+                                      "tokens_per_batch = 256"), pm=pm)
+    run = prepare_run(recipe, pm, tmp_path / "run")
+    loaded = recipe.load.component.load(run)
+    dataset = build_dataset(recipe, loaded.tokenizer, loaded.model, loaded.max_seq_length, use_cache=False)
+    packed = prepare(run, loaded, dataset, recipe.train.options)
+    assert packed is not None
+    config = packed.config
+    assert config["per_device_train_batch_size"] * config["gradient_accumulation_steps"] == 12, config

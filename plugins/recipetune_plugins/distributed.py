@@ -166,6 +166,9 @@ def train_model(run, loaded, dataset):
                     batch["accumulation"], batch["world_size"], batch["effective_batch"])
     result = yield
     job = dict(run.state.get("distributed") or {})
+    packing = run.state.get("packing") or {}
+    if packing.get("on") and "rows_per_micro_batch" in packing:  # packed rows: the same product, other factors
+        batch.update(per_device_batch=packing["rows_per_micro_batch"], accumulation=packing["accumulation"])
     job.update(batch)
     # TRL logs num_tokens: the real (attention-mask) tokens trained so far, gathered over every rank
     tokens = next((m["num_tokens"] for m in reversed(run.read_metrics()) if "num_tokens" in m), None)

@@ -236,7 +236,9 @@ def prepare(run: Any, loaded: Any, dataset: Any, options: Any) -> PackedTraining
         return None
     train, stats = pack(dataset.train, window)
     validation = pack(dataset.validation, window)[0] if dataset.validation else None
-    rows, accumulation, why = micro_batch(run, batch_size, options.gradient_accumulation_steps, window,
+    from .distributed import accumulation_steps  # train.global_batch_size sets it for the processes there are
+
+    rows, accumulation, why = micro_batch(run, batch_size, accumulation_steps(run, options), window,
                                           getattr(options, "tokens_per_batch", None))
     run.logger.info("train.packing: %s; %d rows per micro-batch", stats.describe(), rows)
     if why:
