@@ -85,6 +85,12 @@ def test_preference_rows_of_every_kind_become_prompt_and_answers():
     found = fmt.parts(ultra)
     assert found.prompt == [{"role": "user", "content": "Say 1"}] and found.chosen[0]["content"] == "1"
     assert found.rejected[0]["content"] == "2"
+    # Anthropic HH-RLHF transcripts; Orca DPO pairs (system, question, chosen, rejected)
+    hh = fmt.parts({"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: 2+2?\n\nAssistant: 4.",
+                    "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: 2+2?\n\nAssistant: 5."})
+    assert [m["role"] for m in hh.prompt] == ["user", "assistant", "user"] and hh.rejected[0]["content"] == "5."
+    orca = fmt.parts({"system": "You are an AI.", "question": "2+2?", "chosen": "4", "rejected": "5"})
+    assert orca.prompt == [{"role": "system", "content": "You are an AI."}, {"role": "user", "content": "2+2?"}]
     kto = fmt.parts({"prompt": "2+2?", "completion": "5", "label": False})
     assert kto.completion == [{"role": "assistant", "content": "5"}] and kto.label is False
     # the SFT view: prompt + chosen; an undesirable KTO answer is rendered but not trained

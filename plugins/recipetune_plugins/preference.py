@@ -18,6 +18,7 @@ read some of them).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -56,6 +57,21 @@ def _messages(value: Any, default_role: str) -> list[dict[str, Any]] | None:
             return None
         out.append({"role": role, "content": turn["content"]})
     return out
+
+
+PROMPT_COLUMNS = ("prompt", "question", "instruction", "input", "query")
+"""Where the prompt is looked for when the ``prompt`` column is missing (Orca DPO pairs: ``question``, ``input``)."""
+
+HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+
+
+def _hh_transcript(text: str) -> list[dict[str, Any]] | None:
+    """Anthropic HH-RLHF's transcripts (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) as messages."""
+    parts = HH_TURN.split(text)
+    if len(parts) < 5 or parts[0].strip():
+        return None
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[who], "content": said.strip()} for who, said in zip(parts[1::2], parts[2::2])]
 
 
 def _split_shared_prompt(chosen: list[dict[str, Any]], rejected: list[dict[str, Any]]):
@@ -122,7 +138,7 @@ class Preference(DatasetFormat):
             found = self._unpaired(row)
         if found is None:
             return None
-        system = row.get(o.system) if o.system else None
+        system = row.get(o.system) if o.system else row.get("system")
         if isinstance(system, str) and system.strip() and found.prompt[0]["role"] != "system":
             found = PreferenceRow([{"role": "system", "content": system}, *found.prompt], found.chosen, found.rejected,
                                   found.completion, found.label)
@@ -132,10 +148,15 @@ class Preference(DatasetFormat):
 
     def _paired(self, row: dict[str, Any]) -> PreferenceRow | None:
         o = self.options
-        chosen, rejected = _messages(row.get(o.chosen), "assistant"), _messages(row.get(o.rejected), "assistant")
+        raw_chosen, raw_rejected = row.get(o.chosen), row.get(o.rejected)
+        raw_prompt = row.get(o.prompt)
+        if raw_prompt is None and o.prompt == "prompt":
+            raw_prompt = next((row[c] for c in PROMPT_COLUMNS if isinstance(row.get(c), (str, list)) and row[c]), None)
+        if raw_prompt is None and isinstance(raw_chosen, str) and isinstance(raw_rejected, str):
+            raw_chosen, raw_rejected = _hh_transcript(raw_chosen), _hh_transcript(raw_rejected)  # HH-RLHF
+        chosen, rejected = _messages(raw_chosen, "assistant"), _messages(raw_rejected, "assistant")
         if chosen is None or rejected is None:
             return None
-        raw_prompt = row.get(o.prompt)
         has_user_turns = any(m["role"] != "assistant" for m in chosen)
         if has_user_turns:  # whole conversations (UltraFeedback): the shared first turns are the prompt
             split = _split_shared_prompt(chosen, rejected)
