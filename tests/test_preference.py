@@ -198,3 +198,25 @@ def test_dpo_chains_after_an_sft_run_with_the_sft_adapter_as_reference(tmp_path,
     adapter = dpo.output_dir / "artifacts" / "lora"
     assert (adapter / "adapter_config.json").exists() and not (adapter / "ref").exists()
     assert "sft" not in log or "continuing from the adapter" in log
+
+
+def test_recipe_checks_name_the_line_and_what_is_expected(recipe_problems, tmp_path, tiny_model_dir, sharegpt_file):
+    data = write_rows(tmp_path / "pairs.jsonl", signed_pairs(2))
+    wrong_format = recipe_problems(recipe_text(tiny_model_dir, sharegpt_file, "dpo", standardizer="sharegpt"))
+    assert any("format.standardizer" in p and "needs preference rows" in p for p in wrong_format), wrong_format
+    no_adapter = recipe_text(tiny_model_dir, data, "dpo").replace('[adapt]\nuse = "lora"\nr = 4\nalpha = 8\n'
+                                                                 'target_modules = ["q_proj", "v_proj", "o_proj"]\n'
+                                                                 'gradient_checkpointing = false\n', "")
+    assert any("second copy of the model" in p for p in recipe_problems(no_adapter))
+    kto = recipe_problems(recipe_text(tiny_model_dir, data, "kto"), ("train.per_device_train_batch_size=1",))
+    assert any("train.per_device_train_batch_size" in p and "2 or more" in p for p in kto), kto
+    loss = recipe_problems(recipe_text(tiny_model_dir, data, "dpo"), ('train.loss_type=["sigmoidd"]',))
+    assert any("unknown DPO loss 'sigmoidd'" in p for p in loss), loss
+    hub_first = recipe_problems(recipe_text(tiny_model_dir, data, "dpo", exports='[[export]]\nuse = "hub"\n'
+                                            'repo = "org/x"\n\n[[export]]\nuse = "lora"\n'))
+    assert any("export[0].use" in p and "last" in p for p in hub_first), hub_first
+    bad_repo = recipe_problems(recipe_text(tiny_model_dir, data, "dpo", exports='[[export]]\nuse = "lora"\n\n'
+                                           '[[export]]\nuse = "hub"\nrepo = "no slash"\n'))
+    assert any("export[1].repo" in p and "ORG/NAME" in p for p in bad_repo), bad_repo
+    missing = recipe_problems(recipe_text(tiny_model_dir, data, "dpo", load_extra='adapter = "nowhere"'))
+    assert any("load.adapter" in p for p in missing), missing
