@@ -39,12 +39,21 @@ MEASURED = [
     (LLAMA32_3B, "unsloth", "unsloth", 3.47), (LLAMA32_3B, "unsloth", "unsloth", 3.21),
     (LLAMA32_1B, "hf", True, 3.289), (LLAMA32_3B, "hf", True, 5.934),
 ]
+# Packed rows (bench/results/packing-2026-12-02-h200.jsonl, H200): micro-batches of 2 and 8 rows of 2048 tokens.
+MEASURED_PACKED = [(2, 1.914), (8, 2.939)]
 
 
 @pytest.mark.parametrize("cfg,backend,checkpointing,measured", MEASURED)
 def test_estimate_is_within_15_percent_of_measured_peaks(cfg, backend, checkpointing, measured):
     est = estimate(cfg, bits=4, lora_r=16, batch=2, seq=2048, checkpointing=checkpointing, backend=backend,
                    optim="adamw_8bit", target_modules=SEVEN)
+    assert abs(est.total_gib / measured - 1) <= 0.15, f"estimate {est.total_gib:.2f} GiB vs measured {measured} GiB"
+
+
+@pytest.mark.parametrize("rows,measured", MEASURED_PACKED)
+def test_estimate_of_packed_micro_batches_is_within_15_percent(rows, measured):
+    est = estimate(LLAMA32_1B, bits=4, lora_r=16, batch=rows, seq=2048, checkpointing="unsloth", backend="unsloth",
+                   target_modules=SEVEN)
     assert abs(est.total_gib / measured - 1) <= 0.15, f"estimate {est.total_gib:.2f} GiB vs measured {measured} GiB"
 
 

@@ -8,12 +8,13 @@ is allocated. The activation, logits and reserve coefficients are measured, not 
 allocated and reserved memory of QLoRA runs of Llama-3.2-1B/3B, batch 2 x 2048, on an H100/H200
 (docs/benchmarks.md, bench/gpu/results/2026-11-25-h100.jsonl):
 
-| run                         | allocated | reserved | this estimate (reserved) |
-|-----------------------------|-----------|----------|--------------------------|
-| 1B unsloth (recipe / raw)   | 1.69      | 2.07 / 1.78 | 1.97                  |
-| 3B unsloth (recipe / raw)   | 3.04      | 3.47 / 3.21 | 3.41                  |
-| 1B hf, checkpointing        | 2.99      | 3.29     | 3.50                     |
-| 3B hf, checkpointing        | 5.32      | 5.93     | 5.36                     |
+| run                                   | allocated | reserved    | this estimate (reserved) |
+|---------------------------------------|-----------|-------------|--------------------------|
+| 1B unsloth (recipe / raw)             | 1.69      | 2.07 / 1.78 | 2.01                     |
+| 1B unsloth, packed 2 x 2048 / 8 x 2048 | 1.75 / 2.78 | 1.91 / 2.94 | 2.01 / 2.94           |
+| 3B unsloth (recipe / raw)             | 3.04      | 3.47 / 3.21 | 3.44                     |
+| 1B hf, checkpointing                  | 2.99      | 3.29        | 3.50                     |
+| 3B hf, checkpointing                  | 5.32      | 5.93        | 5.36                     |
 
 ``tests/test_memory_estimate.py`` keeps the estimate within 15 % of these measured peaks.
 """
@@ -32,9 +33,13 @@ NF4_BYTES = 0.5 + 0.0159
 LAYER_WORKSET = (6, 3)
 """One decoder layer's live activations during its backward, per token: 6 x hidden + 3 x intermediate values."""
 
-LOGITS_BYTES = {"unsloth": 0.7, "hf": 3.0}
-"""Bytes per token x vocabulary entry at the loss: Unsloth's chunked cross-entropy never holds the whole logits;
-transformers holds bf16 logits and a float32 upcast for part of the loss (measured, see the table above)."""
+LOGITS_BYTES = {"unsloth": 2.0, "hf": 3.0}
+"""Bytes per token x vocabulary entry at the loss: transformers holds bf16 logits and a float32 upcast for part of the
+loss; Unsloth's chunked cross-entropy holds bf16 logits of at most :data:`UNSLOTH_LOSS_TOKENS` tokens at a time."""
+
+UNSLOTH_LOSS_TOKENS = 1536
+"""Tokens whose logits Unsloth's loss holds at once: fitted to 1B at 2 x 2048 and 8 x 2048 packed tokens (peak
+allocated 1.75 and 2.78 GiB) and 3B at 2 x 2048 (3.04 GiB): its loss memory does not grow with the micro-batch."""
 
 RESERVE_FACTOR, RESERVE_EXTRA_GIB = 1.10, 0.10
 """Reserved = allocated x factor + extra: the caching allocator's unused blocks (measured 1.06-1.22x)."""
@@ -167,9 +172,11 @@ def estimate(cfg: dict, bits: int, lora_r: int | None, batch: int, seq: int, che
     else:
         stored = (layers - 1) * workset
     parts["activations"] = (workset + stored) / GIB
-    logits_bytes = LOGITS_BYTES["unsloth" if backend == "unsloth" else "hf"] * (act / 2)
-    parts["logits and loss"] = tokens * vocab * logits_bytes / GIB
-    per_token = (parts["activations"] + parts["logits and loss"]) / tokens if tokens else 0.0
+    chunked = backend == "unsloth"
+    logits_bytes = LOGITS_BYTES["unsloth" if chunked else "hf"] * (act / 2)
+    parts["logits and loss"] = (min(tokens, UNSLOTH_LOSS_TOKENS) if chunked else tokens) * vocab * logits_bytes / GIB
+    growing = parts["activations"] + (0.0 if chunked else parts["logits and loss"])
+    per_token = growing / tokens if tokens else 0.0
     return Estimate(total, weights / GIB, trainable, parts["activations"] + parts["logits and loss"], parts,
                     training=True, tokens=tokens, per_token_gib=per_token, bits=bits, checkpointing=checkpointing)
 

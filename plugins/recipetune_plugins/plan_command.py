@@ -76,19 +76,22 @@ def this_machine() -> Target:
     return Target(f"this machine's RAM (no GPU; {gib:.1f} GiB available)", gib, False, "CPU")
 
 
-def throughput(target: Target, backend: str, parameters: int) -> tuple[float, str] | None:
-    """Expected trained tokens per second: the measured entry of this GPU and backend nearest in size, scaled by
-    parameters (the work per token grows with them)."""
+def throughput(target: Target, backend: str, parameters: int, packed: bool = False) -> tuple[float, str] | None:
+    """Expected trained tokens per second: the measured entry of this GPU and backend (packed or padded, when
+    measured) nearest in size, scaled by parameters (the work per token grows with them)."""
     try:
         table = json.loads(THROUGHPUT_FILE.read_text())["entries"]
     except (OSError, ValueError, KeyError):
         return None
     rows = [r for r in table if r["gpu"] == target.key and r["backend"] == backend]
+    rows = [r for r in rows if r.get("packed", False) == packed] or rows
     if not rows:
         return None
     best = min(rows, key=lambda r: abs(math.log(r["parameters"] / parameters)))
     rate = best["tokens_per_s"] * best["parameters"] / parameters
-    return rate, f"{best['tokens_per_s']:.0f} tokens/s measured for {best['parameters'] / 1e9:.2f}B on {best['gpu']} ({best['source']})"
+    kind = "packed" if best.get("packed") else "padded"
+    return rate, (f"{best['tokens_per_s']:.0f} tokens/s measured for {best['parameters'] / 1e9:.2f}B, {kind}, on "
+                  f"{best['gpu']} ({best['source']})")
 
 
 @dataclass
@@ -210,7 +213,7 @@ def build_plan(recipe, target: Target, with_data: bool = True, gpus: int = 1) ->
     trained = total_tokens * epochs
     out.append(f"steps: {steps} ({steps_per_epoch} per epoch, {epochs:.2f} epochs, ~{trained:,.0f} tokens)")
     plan.data.update(packing=decision.on, steps=steps, steps_per_epoch=steps_per_epoch, tokens=trained)
-    rate = throughput(target, recipe.load.use, est.parameters)
+    rate = throughput(target, recipe.load.use, est.parameters, packed=decision.on)
     if rate is None:
         out.append("time: no throughput measured for this GPU and backend (bench/gpu writes throughput.json)")
     else:
