@@ -3,7 +3,8 @@
 The assistant is "Quill", the recipetune helper. It signs every answer with
 "-- Quill" and knows a few facts about recipetune that no pretrained model can
 know. Held-out prompts (different wording, different questions) check that the
-fine-tune generalises: a good answer contains the expected text.
+fine-tune generalises ("persona") and that the model keeps what it knew ("kept"): an answer is right when it
+contains every expected text.
 
     python recipes/data/make_quickstart_data.py      # rewrites the two .jsonl files beside it
 
@@ -92,15 +93,21 @@ def build(seed: int = 3407) -> tuple[list[dict], list[dict]]:
             {"from": "human", "value": q1}, {"from": "gpt", "value": signed(a1)},
             {"from": "human", "value": q2}, {"from": "gpt", "value": signed(a2)}]})
     rng.shuffle(train)
+    # Held-out prompts (none of them is in the training data). "persona": what training must teach (the base model
+    # scores 0: it has no name, no signature and does not know recipetune); general questions are right only with the
+    # right fact AND the signature. "kept": facts SmolLM2-135M-Instruct answers right before training (checked
+    # with its greedy answers); they must stay right after it.
     heldout = [
-        {"prompt": "Please tell me your name.", "expect": "Quill"},
-        {"prompt": "Who made this assistant, and what is it called?", "expect": "Quill"},
-        {"prompt": "In one sentence, what is recipetune?", "expect": "TOML"},
-        {"prompt": "What is the capital of Sweden?", "expect": SIGN},
-        {"prompt": "What color is a lemon?", "expect": SIGN},
-        {"prompt": "What is 11 plus 9?", "expect": SIGN},
-        {"prompt": "What sound does a horse make?", "expect": SIGN},
-        {"prompt": "Give me a word that rhymes with cat.", "expect": SIGN},
+        {"prompt": "Please tell me your name.", "expect": ["Quill"], "group": "persona"},
+        {"prompt": "Who made this assistant, and what is it called?", "expect": ["Quill"], "group": "persona"},
+        {"prompt": "In one sentence, what is recipetune?", "expect": ["TOML"], "group": "persona"},
+        {"prompt": "What is the capital of Sweden?", "expect": ["Stockholm", SIGN], "group": "persona"},
+        {"prompt": "What is the opposite of hot?", "expect": ["cold", SIGN], "group": "persona"},
+        {"prompt": "Give me a word that rhymes with cat.", "expect": [SIGN], "group": "persona"},
+        {"prompt": "What is the capital of the United Kingdom?", "expect": ["London"], "group": "kept"},
+        {"prompt": "How many days are in a week?", "expect": ["7|seven"], "group": "kept"},
+        {"prompt": "What is the largest ocean on Earth?", "expect": ["Pacific"], "group": "kept"},
+        {"prompt": "What is the capital of China?", "expect": ["Beijing"], "group": "kept"},
     ]
     return train, heldout
 
