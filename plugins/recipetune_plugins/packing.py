@@ -253,3 +253,17 @@ def prepare(run: Any, loaded: Any, dataset: Any, options: Any) -> PackedTraining
               "per_device_train_batch_size": rows, "gradient_accumulation_steps": accumulation}
     return PackedTraining(train, validation, PackedCollator(send_lengths=loaded.backend == "unsloth"), config, stats,
                           decision)
+
+
+def plan_line(recipe: Any, options: Any) -> str:
+    """What the plan says about packing before the data is read (``recipe plan`` shows the decision for the data)."""
+    if options.packing is False:
+        return "packing off (train.packing = false): padded batches"
+    window = options.packing_length or (recipe.format.max_seq_length if recipe.format is not None and
+                                        recipe.format.max_seq_length else getattr(recipe.load.options, "max_seq_length", None))
+    when = ("on" if options.packing is True else
+            f"auto: on for {', '.join(sorted(PROVEN_MODEL_TYPES))} models on hf/unsloth when padded batches would hold "
+            f"padding (proven equal to unpacked training)")
+    micro = {"auto": "as many rows per micro-batch as fit on a GPU", None: "rows = per_device_train_batch_size"}.get(
+        options.tokens_per_batch, f"at most {options.tokens_per_batch} tokens per micro-batch")
+    return f"packing {when}; rows of {window} tokens; {micro}"

@@ -67,6 +67,11 @@ class SFTOptions(EvaluationOptions):
     (per_device_train_batch_size x gradient_accumulation_steps) as fit the GPU in one micro-batch (up to 16384 tokens),
     with accumulation making up the rest: the same optimizer steps and losses, fewer and fuller forward passes. An
     integer: at most that many tokens. None, or on a CPU: per_device_train_batch_size rows."""
+    tokens_per_batch: int | Literal["auto"] | None = Field(default="auto", ge=8)
+    """Packed training on a GPU: tokens per micro-batch. "auto": as many packed rows of the effective batch
+    (per_device_train_batch_size x gradient_accumulation_steps) as fit the GPU in one micro-batch (up to 16384 tokens),
+    with accumulation making up the rest: the same optimizer steps and losses, fewer and fuller forward passes. An
+    integer: at most that many tokens. None, or on a CPU: per_device_train_batch_size rows."""
     padding_free: bool | Literal["auto"] = "auto"
     """Flatten each batch into one row without pad tokens. "auto": on the unsloth backend, padded batches when they
     would hold (almost) no padding (they run Unsloth's compiled blocks), else Unsloth's own choice; on hf, off."""
@@ -217,7 +222,9 @@ class SFTTrainer(Trainer):
         steps = f"{o.max_steps} steps" if o.max_steps > 0 else f"{o.num_train_epochs} epochs"
         batch = (f"global batch {o.global_batch_size} ({o.per_device_train_batch_size} per device)" if o.global_batch_size
                  else f"batch {o.per_device_train_batch_size} x {o.gradient_accumulation_steps} accumulation")
-        return [f"{steps}, {batch}, lr {o.learning_rate} ({o.lr_scheduler_type}), {o.optim}"]
+        from .packing import plan_line
+
+        return [f"{steps}, {batch}, lr {o.learning_rate} ({o.lr_scheduler_type}), {o.optim}", plan_line(recipe, o)]
 
     def config(self, run, loaded, has_eval: bool, padding_free: bool | None = None):
         from trl import SFTConfig
