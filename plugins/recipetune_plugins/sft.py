@@ -67,11 +67,6 @@ class SFTOptions(EvaluationOptions):
     (per_device_train_batch_size x gradient_accumulation_steps) as fit the GPU in one micro-batch (up to 16384 tokens),
     with accumulation making up the rest: the same optimizer steps and losses, fewer and fuller forward passes. An
     integer: at most that many tokens. None, or on a CPU: per_device_train_batch_size rows."""
-    tokens_per_batch: int | Literal["auto"] | None = Field(default="auto", ge=8)
-    """Packed training on a GPU: tokens per micro-batch. "auto": as many packed rows of the effective batch
-    (per_device_train_batch_size x gradient_accumulation_steps) as fit the GPU in one micro-batch (up to 16384 tokens),
-    with accumulation making up the rest: the same optimizer steps and losses, fewer and fuller forward passes. An
-    integer: at most that many tokens. None, or on a CPU: per_device_train_batch_size rows."""
     padding_free: bool | Literal["auto"] = "auto"
     """Flatten each batch into one row without pad tokens. "auto": on the unsloth backend, padded batches when they
     would hold (almost) no padding (they run Unsloth's compiled blocks), else Unsloth's own choice; on hf, off."""
