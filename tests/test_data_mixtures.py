@@ -265,3 +265,15 @@ def test_a_run_trains_on_a_mixture_and_reports_each_datasets_share(tmp_path, tin
     assert re.search(r"\| a \| 40 \| 40 \| 8 \| 8 \| 50\.0% \| \d+ \| \d+\.\d% \|", report), report
     log = (run.output_dir / "run.log").read_text()
     assert "format: dataset b: 4 samples (25.0%)" in log
+
+
+def test_trained_counts_per_sample():
+    """The per-dataset trained tokens come from SampleTable.trained_counts (one pass, empty samples are 0)."""
+    import numpy as np
+
+    from recipetune.data.samples import SampleTable
+
+    labels = np.array([-100, 1, 2, -100, -100, 5, 6, 7, -100, 9], np.int32)
+    ids = np.arange(10, dtype=np.int32)
+    assert SampleTable(ids, labels, np.array([0, 3, 7, 10]), ["a", "b", "c"]).trained_counts().tolist() == [2, 2, 2]
+    assert SampleTable(ids, labels, np.array([0, 3, 3, 7, 10]), list("abcd")).trained_counts().tolist() == [2, 0, 2, 2]
