@@ -59,3 +59,16 @@ def test_an_empty_answer_says_the_stop_token_came_first(peaky_model):
     assert answers == [""] and firsts == [eos]
     reason = empty_reason(firsts[0], model, tokenizer)
     assert "the first generated token was" in reason and tokenizer.eos_token in reason and "stop token" in reason
+
+
+def test_the_quickstart_checks_what_it_teaches_and_what_it_must_keep():
+    import json
+    from pathlib import Path
+
+    lines = (Path(__file__).resolve().parents[1] / "recipes" / "data" / "quickstart_heldout.jsonl").read_text().splitlines()
+    items = [Sample.model_validate(json.loads(line)) for line in lines if line.strip()]
+    groups = {i.group for i in items}
+    assert groups == {"persona", "kept"} and all(i.expect for i in items)
+    # a persona answer with the signature but the wrong fact is wrong
+    sweden = next(i for i in items if "Sweden" in i.prompt)
+    assert not sweden.is_right("The capital of Sweden is Oslo. -- Quill") and sweden.is_right("Stockholm. -- Quill")
