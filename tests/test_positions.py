@@ -67,3 +67,36 @@ last = true
     assert positions[("export", 1, "last")] == (22, 1)
     assert locate(positions, ("export", 1, "missing")) == (18, 1)
     assert dotted(("export", 1, "use")) == "export[1].use"
+
+
+def test_inline_tables_and_arrays_of_tables_nested_under_array_entries():
+    text = '''\
+[format]
+standardizer = { use = "alpaca", output = "reply \\\\" }
+datasets = [
+  { path = "a.jsonl", weight = 2 },  # { not = "a key" }
+  { path = "b.jsonl", ops = [{ op = "x" }] },
+]
+
+[[format.mix]]
+name = "one"
+
+[[format.mix.ops]]
+op = "first"
+
+[[format.mix]]
+name = "two"
+
+[[format.mix.ops]]
+op = "second"
+'''
+    positions = index_positions(text)
+    assert tomllib.loads(text)["format"]["mix"][1]["ops"][0]["op"] == "second"
+    assert positions[("format", "standardizer", "use")] == (2, 18)
+    assert positions[("format", "standardizer", "output")] == (2, 34)
+    assert positions[("format", "datasets", 0, "weight")] == (4, 23)
+    assert positions[("format", "datasets", 1, "path")] == (5, 5)
+    assert positions[("format", "datasets", 1, "ops", 0, "op")] == (5, 32)
+    assert ("format", "datasets", 0, "not") not in positions
+    assert positions[("format", "mix", 0, "ops", 0, "op")] == (12, 1)
+    assert positions[("format", "mix", 1, "ops", 0, "op")] == (18, 1)
