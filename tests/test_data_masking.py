@@ -16,6 +16,9 @@ from recipetune import UserError, load_recipe
 from recipetune.data.pipeline import build_dataset, check_stop_token, format_for_training
 from recipetune.testing import make_tokenizer
 
+# what a real Run of one process answers (Run.rank, .world_size and .is_main ask torch.distributed)
+ONE_PROCESS = {"rank": 0, "world_size": 1, "is_main": True}
+
 CONVERSATION = [
     {"role": "system", "content": "You are Quill, a helpful assistant."},
     {"role": "user", "content": "What is 2 + 3?"},
@@ -199,7 +202,7 @@ def test_a_template_that_never_writes_the_stop_token_warns_loudly(tmp_path, capl
     folder = tmp_path / "tok"
     tok.save_pretrained(folder)
     recipe = make_recipe(tmp_path, folder, [{"messages": CONVERSATION}] * 3, 'chat_template = "tokenizer"')
-    run = SimpleNamespace(recipe=recipe, logger=logging.getLogger("recipetune.test"), state={})
+    run = SimpleNamespace(recipe=recipe, logger=logging.getLogger("recipetune.test"), state={}, **ONE_PROCESS)
     loaded = SimpleNamespace(tokenizer=load_tok(folder), model=None, max_seq_length=512)
     with caplog.at_level(logging.WARNING, logger="recipetune.test"):
         dataset = format_for_training(run, loaded)
@@ -335,7 +338,7 @@ def test_the_trainer_does_not_cut_samples_the_format_stage_kept_whole(tmp_path):
 
     trainer = SFTTrainer(SFTOptions(max_steps=1, optim="adamw_torch"))
     run = SimpleNamespace(checkpoints_dir=tmp_path, state={"format_stats": {"max_seq_length": 4096}},
-                          recipe=SimpleNamespace(seed=1))
+                          recipe=SimpleNamespace(seed=1), **ONE_PROCESS)
     config = trainer.config(run, SimpleNamespace(max_seq_length=256), has_eval=False)
     assert config.max_length == 4096
     run.state["format_stats"]["max_seq_length"] = 128
