@@ -92,7 +92,13 @@ def fake_unsloth(monkeypatch):
 
 
 def fake_run():
-    return SimpleNamespace(logger=logging.getLogger("test-unsloth"), state={})
+    """What the stages read of a one-process Run; its real recipe has no [format], so no template adds tokens."""
+    from recipetune import load_recipe_text
+
+    recipe = load_recipe_text('name = "unsloth-test"\n\n[load]\nuse = "unsloth"\nmodel = "org/model"\n\n'
+                              '[adapt]\nuse = "lora"\n\n[[export]]\nuse = "lora"\n')
+    return SimpleNamespace(recipe=recipe, logger=logging.getLogger("test-unsloth"), state={},
+                           rank=0, world_size=1, is_main=True)
 
 
 def called(calls, name):
