@@ -23,3 +23,27 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A saved tiny tokenizer (``recipetune.testing.make_tokenizer``), one per test module."""
+    from recipetune.testing import make_tokenizer
+
+    path = tmp_path_factory.mktemp("tok") / "tokenizer"
+    make_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tok(tokenizer_dir):
+    """The tiny tokenizer loaded fresh from ``tokenizer_dir`` for each test."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A formatted-data cache of the test's own (``pytestmark = pytest.mark.usefixtures("private_cache")``)."""
+    monkeypatch.setenv("RECIPETUNE_CACHE", str(tmp_path / "cache"))

@@ -11,7 +11,6 @@ import pytest
 
 from recipetune import RecipeError, load_recipe
 from recipetune.data.pipeline import build_dataset, check_stop_token, prepare_tokenizer
-from recipetune.testing import make_tokenizer
 from recipetune_plugins import chat_templates as ct
 
 OFFICIAL = Path(__file__).parent / "data" / "official_templates"
@@ -28,16 +27,7 @@ ROWS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tok") / "tokenizer"
-    make_tokenizer().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECIPETUNE_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # conftest.py: tokenizer_dir, tok, private_cache
 
 
 def recipe_path(folder: Path, tokenizer_dir: Path, template: str, rows=ROWS) -> Path:

@@ -42,13 +42,6 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tok") / "tokenizer"
-    make_tokenizer().save_pretrained(path)
-    return path
-
-
 def write_rows(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -16,23 +16,7 @@ from recipetune.data.pipeline import build_dataset
 from recipetune.testing import make_tokenizer
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tok") / "tokenizer"
-    make_tokenizer().save_pretrained(path)
-    return path
-
-
-@pytest.fixture
-def tok(tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tokenizer_dir)
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECIPETUNE_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # conftest.py: tokenizer_dir, tok, private_cache
 
 
 def write_jsonl(path: Path, rows) -> Path:
