@@ -184,6 +184,12 @@ def register_commands(cli):
                    f"test {stats['test']})")
         click.echo("dropped: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none")
                    + f" · truncated {stats['truncated']} (max_seq_length {stats['max_seq_length']})")
+        if stats.get("datasets"):  # a mixture: each dataset's share of the samples and of the trained tokens
+            from recipetune.data.mixture import describe_members
+
+            click.echo(f"datasets (mix {stats['mix']}):")
+            for line in describe_members(stats["datasets"]):
+                click.echo(f"  {line}")
         for reason, example in examples.items():
             first = " ".join(example.split())
             click.echo(f"  e.g. {reason}: {first[:160]}{'...' if len(first) > 160 else ''}")
