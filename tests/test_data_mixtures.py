@@ -277,3 +277,37 @@ def test_trained_counts_per_sample():
     ids = np.arange(10, dtype=np.int32)
     assert SampleTable(ids, labels, np.array([0, 3, 7, 10]), ["a", "b", "c"]).trained_counts().tolist() == [2, 2, 2]
     assert SampleTable(ids, labels, np.array([0, 3, 3, 7, 10]), list("abcd")).trained_counts().tolist() == [2, 0, 2, 2]
+
+
+def test_a_weighted_mixture_encoded_in_read_order_gives_the_same_samples_in_the_same_order(tmp_path, tokenizer_dir,
+                                                                                          monkeypatch):
+    """The format stage encodes a weighted mixture in the order its rows were read and mixes the samples afterwards
+    (the encoding workers then read the rows front to back): the samples, their ids, labels, members and order are
+    those of encoding the mixture in its mixed order, with samples dropped as too long and a validation split."""
+    from transformers import AutoTokenizer
+
+    from recipetune.data import pipeline
+    from recipetune.data.mixture import read_order
+
+    write_members(tmp_path)
+    with (tmp_path / "a.jsonl").open("a", encoding="utf-8") as fh:  # long rows, dropped by too_long = "drop"
+        for i in range(40, 46):
+            fh.write(json.dumps({"conversations": [{"from": "human", "value": "word " * 200},
+                                                   {"from": "gpt", "value": f"[A{i}] long"}]}) + "\n")
+    path = recipe(tmp_path, tokenizer_dir, fmt='mix = "weighted"\nmix_rows = 80\ntoo_long = "drop"\nmax_seq_length = 64',
+                  a="weight = 3", b="weight = 1", c='weight = 1\nvalidation_split = "validation"')
+    seen = []
+    monkeypatch.setattr(pipeline, "read_order", lambda parts, members: seen.append(read_order(parts, members)) or seen[-1])
+    new = build_dataset(load_recipe(path), AutoTokenizer.from_pretrained(tokenizer_dir))
+    assert seen[0] is not None and seen[0] != sorted(seen[0])  # the rows were encoded in another order than mixed
+    monkeypatch.setattr(pipeline, "read_order", lambda parts, members: None)  # encode in the mixed order
+    old = build_dataset(load_recipe(path), AutoTokenizer.from_pretrained(tokenizer_dir))
+    assert new.stats["dropped_too_long"] > 0 and len(new.validation) == 3
+    for name in ("train", "validation"):
+        a, b = getattr(new, name), getattr(old, name)
+        assert len(a) == len(b) and a.texts == b.texts
+        for field in ("ids", "labels", "offsets", "sources"):
+            assert (getattr(a, field) == getattr(b, field)).all(), (name, field)
+    assert origins(new.train) != sorted(origins(new.train))  # still shuffled together
+    keys = ("samples", "validation", "tokens", "trained_tokens", "dropped_too_long", "datasets")
+    assert {k: new.stats[k] for k in keys} == {k: old.stats[k] for k in keys}

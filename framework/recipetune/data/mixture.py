@@ -41,6 +41,7 @@ from .sources import read_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..components import DatasetFormat
+    from .encode import Encoded
     from ..recipe.model import Recipe
 
 log = logging.getLogger("recipetune")
@@ -264,6 +265,31 @@ def gather(recipe: "Recipe", limit: int | None, dropped: dict[str, int], example
                                     examples if name == "train" else None)
             members[name] = [member_of[id(rec)] for rec in parts[name]]
     return reads, parts, members
+
+
+def read_order(parts: dict[str, list[Record]], members: dict[str, list[int]]) -> list[int] | None:
+    """The positions of the records of all splits (in ``parts`` order) sorted into the order their rows were read
+    (split, member, row), or None when they are in it already (``concat``, one dataset without a ``shuffle`` op).
+
+    A ``weighted`` mixture shuffles its rows; encoding them in read order and putting the samples back in the mixed
+    order afterwards (:func:`to_mixed_order`) gives the same samples while the encoding workers read the parent's
+    rows front to back instead of all over its heap. Only the example kept of each dropped reason may differ (the
+    first one met in read order)."""
+    keys = [(s, k, rec.index) for s, name in enumerate(parts) for rec, k in zip(parts[name], members[name])]
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return None if all(i == j for i, j in enumerate(order)) else order
+
+
+def to_mixed_order(encoded: "Encoded", order: list[int]) -> "Encoded":
+    """``encoded`` (of the records taken in ``order``) with its samples back in the records' own order:
+    ``kept_index`` then counts positions of the records as they were before :func:`read_order`."""
+    import numpy as np
+
+    original = np.asarray(order, dtype=np.int64)[np.asarray(encoded.kept_index, dtype=np.int64)]
+    back = np.argsort(original, kind="stable")
+    encoded.table = encoded.table.select(back)
+    encoded.kept_index = original[back].tolist()
+    return encoded
 
 
 def member_stats(reads: list[ReadSource], tables: dict[str, Any]) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import numpy as np
 from ..components import ChatTemplate, FormattedDataset
 from ..problems import NoChatTemplate, UserError
 from .encode import EncodeSettings, WithTools, encode_conversations, encode_one
-from .mixture import describe_members, gather, member_stats
+from .mixture import describe_members, gather, member_stats, read_order, to_mixed_order
 from .ops import Record, describe_row
 from .new_tokens import apply_choice as apply_new_tokens_choice
 from .samples import IGNORE, SampleTable
@@ -160,7 +160,11 @@ def build_dataset(recipe: "Recipe", tokenizer: Any, model: Any = None, max_seq_l
         import sys
 
         progress = sys.stderr.isatty()
-    encoded = encode_conversations(tokenizer, settings, conversations, num_proc=_num_proc(fmt), progress=progress)
+    order = read_order(parts, members)  # a weighted mixture: encode in read order, then mix the samples
+    encoded = encode_conversations(tokenizer, settings, conversations if order is None else
+                                   [conversations[i] for i in order], num_proc=_num_proc(fmt), progress=progress)
+    if order is not None:
+        encoded = to_mixed_order(encoded, order)
     for reason, count in encoded.dropped.items():
         dropped[reason] = dropped.get(reason, 0) + count
     encoded.table.sources = member_ids[np.asarray(encoded.kept_index, dtype=np.int64)]
