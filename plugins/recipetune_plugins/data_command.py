@@ -24,8 +24,9 @@ TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
 """Markers around trained tokens when colour is off."""
 
 
-def load_tokenizer(recipe: Any):
-    """The tokenizer of ``load.model``, without loading any weights."""
+def load_tokenizer(recipe: Any, local_only: bool = False):
+    """The tokenizer of ``load.model``, without loading any weights (``local_only``: from this machine's files and
+    cache only, never the network)."""
     from recipetune import UserError
 
     from .model_sources import hf_folder_from_gguf, local_model_path
@@ -47,6 +48,8 @@ def load_tokenizer(recipe: Any):
         kwargs["revision"] = options.revision
     if getattr(options, "trust_remote_code", False):
         kwargs["trust_remote_code"] = True
+    if local_only:
+        kwargs["local_files_only"] = True
     try:
         return load_faithfully(source, **kwargs)[0]  # as the hf backend loads it (model_sources.TokenizerChoice)
     except (OSError, ValueError) as exc:

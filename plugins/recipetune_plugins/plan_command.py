@@ -112,7 +112,7 @@ def data_lengths(recipe, use_cache: bool = True) -> tuple[list[int], dict] | Non
     from .data_command import load_tokenizer
 
     try:
-        tokenizer = load_tokenizer(recipe)
+        tokenizer = load_tokenizer(recipe, local_only=True)  # a plan never downloads (nor waits on retries)
         from recipetune.data.pipeline import build_dataset
 
         dataset = build_dataset(recipe, tokenizer, None, progress=sys.stderr.isatty(), use_cache=use_cache)
