@@ -17,26 +17,9 @@ from conftest import run_cli
 from recipetune import RecipeError, load_recipe
 from recipetune.data.mixture import quotas
 from recipetune.data.pipeline import build_dataset
-from recipetune.testing import make_tokenizer
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tok") / "tokenizer"
-    make_tokenizer().save_pretrained(path)
-    return path
-
-
-@pytest.fixture
-def tok(tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tokenizer_dir)
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECIPETUNE_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # tokenizer_dir, tok and private_cache: tests/conftest.py
 
 
 def write_members(folder: Path, sizes=(40, 12, 20)) -> dict[str, Path]:

@@ -190,9 +190,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECIPETUNE_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py
 
 
 def build(tmp_path, tokenizer_dir, rows, template='"qwen-2.5"', extra=""):
